@@ -1,0 +1,1 @@
+"""Engine utilities: data pipeline, boxes and NMS, loss, metrics, checkpoints, export."""

@@ -1,0 +1,80 @@
+"""Reading images in their displayed orientation: the EXIF orientation tag is applied to pixels and size alike."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+EXIF_ORIENTATION_TAG = 0x0112
+MIN_IMAGE_SIDE = 2
+
+
+class ImageReadError(Exception):
+    """The file is missing, empty, not an image, or cannot be decoded."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    width: int  # displayed width, after the EXIF orientation
+    height: int
+    orientation: int  # EXIF orientation 1..8 (1: as stored)
+
+
+def probe_image(path: Path) -> ImageInfo:
+    """Read size and orientation from the header only, without decoding the pixels."""
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            try:
+                orientation = int(img.getexif().get(EXIF_ORIENTATION_TAG, 1))
+            except Exception:  # a broken EXIF block must not cost the image
+                orientation = 1
+    except FileNotFoundError:
+        raise ImageReadError("image file not found") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise ImageReadError(f"not a readable image ({type(exc).__name__})") from None
+    if orientation not in range(1, 9):
+        orientation = 1
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise ImageReadError(f"image too small ({width}x{height})")
+    if orientation >= 5:  # 5..8 swap width and height
+        width, height = height, width
+    return ImageInfo(width, height, orientation)
+
+
+def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn pixels stored with EXIF `orientation` into the displayed image (HWC array)."""
+    if orientation == 2:
+        img = img[:, ::-1]
+    elif orientation == 3:
+        img = img[::-1, ::-1]
+    elif orientation == 4:
+        img = img[::-1]
+    elif orientation == 5:
+        img = img.transpose(1, 0, 2)
+    elif orientation == 6:
+        img = np.rot90(img, k=-1)
+    elif orientation == 7:
+        img = img.transpose(1, 0, 2)[::-1, ::-1]
+    elif orientation == 8:
+        img = np.rot90(img, k=1)
+    return np.ascontiguousarray(img)
+
+
+def read_image(path: Path, orientation: int | None = None) -> np.ndarray:
+    """Decode to a BGR uint8 HWC array in displayed orientation; raises ImageReadError."""
+    if orientation is None:
+        orientation = probe_image(path).orientation
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError as exc:
+        raise ImageReadError(f"cannot read file ({exc.strerror})") from None
+    if data.size == 0:
+        raise ImageReadError("empty file")
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if img is None:
+        raise ImageReadError("cannot decode image")
+    return apply_orientation(img, orientation)

@@ -1,0 +1,1 @@
+"""The YMIR side of the executor: protocol files in, tasks, protocol files out."""

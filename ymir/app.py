@@ -1,0 +1,90 @@
+"""The executor's entry: read /in, dispatch to the task, and turn any failure into a clean YMIR error."""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import traceback
+from typing import List, Optional
+
+from ymir.config import load_config
+from ymir.context import TaskContext
+from ymir.env import load_env
+from ymir.errors import classify
+from ymir.monitor import Monitor
+from ymir.paths import PathMapper
+from ymir.processes import terminate_descendants
+
+LOG = logging.getLogger("ymir-yolov5")
+
+
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="start.py", description="ymir-yolov5 executor: runs the task that /in/env.yaml asks for.")
+    parser.add_argument("--in", dest="in_dir", default=None,
+                        help="folder standing in for /in (paths starting with /in are mapped onto it)")
+    parser.add_argument("--out", dest="out_dir", default=None,
+                        help="folder standing in for /out (paths starting with /out are mapped onto it)")
+    return parser.parse_args(argv)
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _raise_system_exit(signum, _frame):
+    raise SystemExit(128 + signum)
+
+
+def run(ctx: TaskContext) -> None:
+    env = ctx.env
+    if env.run_training:
+        from ymir.tasks.train import run_training
+
+        run_training(ctx)
+    else:
+        from ymir.tasks.predict import run_mining_and_inference
+
+        run_mining_and_inference(ctx)
+    ctx.monitor.progress(1.0, force=True)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    setup_logging()
+    signal.signal(signal.SIGTERM, _raise_system_exit)
+    mapper = PathMapper(args.in_dir, args.out_dir)
+    monitor = Monitor(mapper.monitor_file, task_id="unknown-task")
+    try:
+        env = load_env(mapper)
+        monitor.task_id = env.task_id
+        monitor.progress(0.0, force=True)
+        config = load_config(env, mapper)
+        run(TaskContext(env=env, config=config, mapper=mapper, monitor=monitor))
+        LOG.info("task %s finished", env.task_id)
+        return 0
+    except BaseException as exc:  # the one place where every failure ends
+        return fail(monitor, exc)
+    finally:
+        terminate_descendants()
+
+
+def fail(monitor: Monitor, exc: BaseException) -> int:
+    code, message = classify(exc)
+    if isinstance(exc, KeyboardInterrupt):
+        message = "interrupted"
+    elif isinstance(exc, SystemExit):
+        message = f"stopped by signal or exit ({exc.code})"
+    trace = traceback.format_exception(type(exc), exc, exc.__traceback__)
+    LOG.error("task failed:\n%s", "".join(trace).rstrip())
+    try:
+        monitor.error(code, message, "".join(trace).splitlines())
+    except OSError as write_error:
+        LOG.error("cannot write %s: %s", monitor.path, write_error)
+    sys.stderr.flush()
+    # The platform shows the last lines of the log as the task's error message.
+    print(f"ymir-yolov5 failed with error code {code}:", flush=True)
+    print(message, flush=True)
+    return 1

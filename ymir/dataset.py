@@ -1,0 +1,151 @@
+"""Reading YMIR's index files and annotations into samples the engine can train and validate on.
+
+A broken line, image, annotation or box costs only itself: it is counted in a DatasetReport and reported
+once, in a summary. Only a split left with no usable image is an error (DatasetError, 300002).
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Sequence, Tuple
+
+import numpy as np
+
+from utils.images import ImageReadError, probe_image
+from ymir.annotations import AnnotationFileError, parse_ark, parse_voc
+from ymir.errors import DatasetError
+from ymir.paths import PathMapper
+
+LOG = logging.getLogger(__name__)
+SUMMARY_EXAMPLES = 20
+
+
+@dataclass
+class Sample:
+    """One image with its ground truth: boxes in displayed-image pixels, xyxy, exclusive corners."""
+
+    image: Path
+    width: int
+    height: int
+    orientation: int
+    boxes: np.ndarray  # float32 (n, 4)
+    classes: np.ndarray  # int64 (n,)
+
+
+@dataclass
+class DatasetReport:
+    """What was skipped while reading, and why."""
+
+    images_read: int = 0
+    skipped_images: List[Tuple[str, str]] = field(default_factory=list)
+    box_problems: List[Tuple[str, str]] = field(default_factory=list)
+    clipped_boxes: int = 0
+
+    def skip_image(self, image: str, reason: str) -> None:
+        self.skipped_images.append((image, reason))
+
+    def box_problem(self, image: str, reason: str) -> None:
+        self.box_problems.append((image, reason))
+
+    @property
+    def clean(self) -> bool:
+        return not self.skipped_images and not self.box_problems
+
+    def summary(self, title: str) -> str:
+        lines = [f"{title}: {self.images_read} images read, {len(self.skipped_images)} skipped, "
+                 f"{len(self.box_problems)} boxes dropped, {self.clipped_boxes} boxes clipped to the image"]
+        for what, items in (("skipped image", self.skipped_images), ("dropped box", self.box_problems)):
+            if not items:
+                continue
+            reasons = Counter(_reason_kind(reason) for _, reason in items)
+            lines.append(f"  {what} reasons: " + "; ".join(f"{r} x{n}" for r, n in reasons.most_common()))
+            for image, reason in items[:SUMMARY_EXAMPLES]:
+                lines.append(f"  {what}: {image}: {reason}")
+            if len(items) > SUMMARY_EXAMPLES:
+                lines.append(f"  ... and {len(items) - SUMMARY_EXAMPLES} more")
+        return "\n".join(lines)
+
+
+def _reason_kind(reason: str) -> str:
+    """'line 3: unknown class index 9' -> 'unknown class index'."""
+    text = reason.split(": ", 1)[-1] if reason.startswith(("line ", "object ")) else reason
+    return " ".join(word for word in text.split() if not any(ch.isdigit() for ch in word)).split("(")[0].strip()
+
+
+def read_index_lines(index_file: Path) -> List[str]:
+    try:
+        text = Path(index_file).read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        raise DatasetError(f"index file not found: {index_file}") from None
+    except OSError as exc:
+        raise DatasetError(f"index file {index_file} unreadable: {exc.strerror}") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def read_candidates(index_file: Path, mapper: PathMapper) -> List[Tuple[str, Path]]:
+    """Candidate images: (path as written in the index, local path). Nothing is opened here."""
+    lines = read_index_lines(index_file)
+    candidates = [(line.split("\t")[0], mapper(line.split("\t")[0])) for line in lines]
+    if not candidates:
+        raise DatasetError(f"the candidate index {index_file} lists no image")
+    return candidates
+
+
+def clip_boxes(raw: np.ndarray, width: int, height: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Clip xyxy boxes to the image; return (boxes, keep mask of non-degenerate boxes, clipped mask)."""
+    clipped = raw.copy()
+    clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(0, width)
+    clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(0, height)
+    keep = ((clipped[:, 2] - clipped[:, 0]) >= 1) & ((clipped[:, 3] - clipped[:, 1]) >= 1)
+    changed = np.any(clipped != raw, axis=1)
+    return clipped, keep, changed & keep
+
+
+def read_sample(image: Path, annotation: Path, class_names: Sequence[str], annotation_format: str,
+                report: DatasetReport) -> Sample | None:
+    try:
+        info = probe_image(image)
+    except ImageReadError as exc:
+        report.skip_image(str(image), str(exc))
+        return None
+    try:
+        if annotation_format == "ark":
+            raw_boxes, problems = parse_ark(annotation, len(class_names))
+        else:
+            raw_boxes, problems = parse_voc(annotation, class_names)
+    except AnnotationFileError as exc:
+        report.skip_image(str(image), str(exc))
+        return None
+    for problem in problems:
+        report.box_problem(str(annotation), problem)
+    raw = np.array([b[1:] for b in raw_boxes], dtype=np.float32).reshape(-1, 4)
+    classes = np.array([b[0] for b in raw_boxes], dtype=np.int64)
+    boxes, keep, clipped = clip_boxes(raw, info.width, info.height)
+    for row in np.flatnonzero(~keep):
+        report.box_problem(str(annotation), f"degenerate box {raw[row].tolist()} in a {info.width}x{info.height} image")
+    report.clipped_boxes += int(clipped.sum())
+    return Sample(image, info.width, info.height, info.orientation, boxes[keep], classes[keep])
+
+
+def read_split(index_file: Path, class_names: Sequence[str], annotation_format: str, mapper: PathMapper,
+               split: str) -> Tuple[List[Sample], DatasetReport]:
+    """Read a train or val index (`image TAB annotation` per line). Raises DatasetError when nothing is usable."""
+    report = DatasetReport()
+    samples = []
+    for number, line in enumerate(read_index_lines(index_file), 1):
+        fields = line.split("\t") if "\t" in line else line.split()
+        if len(fields) != 2:
+            report.skip_image(f"{index_file}:{number}", f"expected 'image TAB annotation', got {line!r}")
+            continue
+        sample = read_sample(mapper(fields[0]), mapper(fields[1]), class_names, annotation_format, report)
+        if sample is not None:
+            samples.append(sample)
+    report.images_read = len(samples)
+    text = report.summary(f"{split} split ({index_file})")
+    (LOG.info if report.clean else LOG.warning)(text)
+    if not samples:
+        raise DatasetError(f"the {split} split has no usable image ({len(report.skipped_images)} skipped; "
+                           f"first reason: {report.skipped_images[0][1] if report.skipped_images else 'empty index'})")
+    return samples, report

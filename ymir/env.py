@@ -1,0 +1,104 @@
+"""`/in/env.yaml`: which task to run and where the platform put the inputs."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from ymir.coerce import to_bool
+from ymir.errors import ConfigError
+from ymir.paths import PathMapper
+
+
+@dataclass(frozen=True)
+class OutputPaths:
+    """The platform reads these fixed names under /out, whatever env.yaml says."""
+
+    root: Path
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def training_result_file(self) -> Path:
+        return self.models_dir / "result.yaml"
+
+    @property
+    def mining_result_file(self) -> Path:
+        return self.root / "result.tsv"
+
+    @property
+    def infer_result_file(self) -> Path:
+        return self.root / "infer-result.json"
+
+    @property
+    def monitor_file(self) -> Path:
+        return self.root / "monitor.txt"
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.root / "tensorboard"
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    task_id: str
+    protocol_version: str
+    run_training: bool
+    run_mining: bool
+    run_infer: bool
+    models_dir: Path
+    training_index_file: Optional[Path]
+    val_index_file: Optional[Path]
+    candidate_index_file: Optional[Path]
+    config_file: Path
+    output: OutputPaths
+
+
+def read_yaml_mapping(path: Path, what: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found: {path}") from None
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{what} {path} cannot be read as YAML: {exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {path} must be a YAML mapping, got {type(data).__name__}")
+    return data
+
+
+def load_env(mapper: PathMapper) -> EnvConfig:
+    raw = read_yaml_mapping(mapper.env_file, "env.yaml")
+    inputs = raw.get("input") or {}
+    if not isinstance(inputs, dict):
+        raise ConfigError(f"env.yaml key 'input' must be a mapping, got {inputs!r}")
+
+    def flag(key: str) -> bool:
+        return to_bool(raw.get(key, False), f"env.yaml {key}")
+
+    def optional_path(key: str, default: Optional[str] = None) -> Optional[Path]:
+        value = inputs.get(key, default)
+        return mapper(value) if value else None
+
+    env = EnvConfig(
+        task_id=str(raw.get("task_id") or "default-task"),
+        protocol_version=str(raw.get("protocol_version") or "0.0.0"),
+        run_training=flag("run_training"),
+        run_mining=flag("run_mining"),
+        run_infer=flag("run_infer"),
+        models_dir=optional_path("models_dir", "/in/models") or mapper("/in/models"),
+        training_index_file=optional_path("training_index_file"),
+        val_index_file=optional_path("val_index_file"),
+        candidate_index_file=optional_path("candidate_index_file"),
+        config_file=optional_path("config_file", "/in/config.yaml") or mapper.config_file,
+        output=OutputPaths(mapper.out_root),
+    )
+    if not (env.run_training or env.run_mining or env.run_infer):
+        raise ConfigError("env.yaml asks for no task: run_training, run_mining and run_infer are all false")
+    return env

@@ -1,0 +1,70 @@
+"""`/out/monitor.txt`: the progress file the platform polls.
+
+One line `task_id TAB timestamp TAB percent TAB state [TAB code TAB message]`, rewritten atomically. While
+running the state is 2 and the percent never goes down; on failure the state is 4, the percent 1, then the
+error code and a one-line message, then the trace lines.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Iterable
+
+from ymir.atomic import write_text_atomic
+from ymir.errors import one_line
+
+STATE_RUNNING = 2
+STATE_ERROR = 4
+MAX_TRACE_LINES = 99
+
+
+class Monitor:
+    def __init__(self, path: Path, task_id: str, min_interval: float = 0.5, enabled: bool = True):
+        self.path = Path(path)
+        self.task_id = task_id
+        self.min_interval = min_interval
+        self.enabled = enabled  # only one process (rank 0) writes
+        self.percent = 0.0
+        self._last_write = 0.0
+        self._last_stamp = ""
+
+    def _stamp(self) -> str:
+        stamp = f"{time.time():.6f}"
+        if stamp == self._last_stamp:  # the platform only reacts to a changed timestamp
+            stamp = f"{float(stamp) + 1e-6:.6f}"
+        self._last_stamp = stamp
+        return stamp
+
+    def progress(self, percent: float, force: bool = False) -> None:
+        """Report progress in [0, 1]; values below the last one are raised to it. Writes are throttled."""
+        self.percent = max(self.percent, min(1.0, max(0.0, float(percent))))
+        now = time.monotonic()
+        if not self.enabled or (not force and now - self._last_write < self.min_interval):
+            return
+        self._last_write = now
+        write_text_atomic(self.path, f"{self.task_id}\t{self._stamp()}\t{self.percent:.4f}\t{STATE_RUNNING}\n")
+
+    def span(self, start: float, end: float) -> "ProgressSpan":
+        return ProgressSpan(self, start, end)
+
+    def error(self, code: int, message: str, trace: Iterable[str] = ()) -> None:
+        if not self.enabled:
+            return
+        lines = [f"{self.task_id}\t{self._stamp()}\t1.0000\t{STATE_ERROR}\t{int(code)}\t{one_line(message)}"]
+        lines += [line.rstrip("\n") for line in trace][-MAX_TRACE_LINES:]
+        write_text_atomic(self.path, "\n".join(lines) + "\n")
+
+
+class ProgressSpan:
+    """Maps a phase's own progress in [0, 1] onto [start, end] of the task (mining 0-0.5, infer 0.5-1)."""
+
+    def __init__(self, monitor: Monitor, start: float, end: float):
+        self.monitor, self.start, self.end = monitor, start, end
+
+    def __call__(self, fraction: float, force: bool = False) -> None:
+        fraction = min(1.0, max(0.0, float(fraction)))
+        self.monitor.progress(self.start + (self.end - self.start) * fraction, force=force)
+
+    def span(self, start: float, end: float) -> "ProgressSpan":
+        width = self.end - self.start
+        return ProgressSpan(self.monitor, self.start + width * start, self.start + width * end)

@@ -1,0 +1,1 @@
+"""The three YMIR tasks: training, mining and inference."""
