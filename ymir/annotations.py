@@ -40,7 +40,7 @@ def parse_ark(path: Path, num_classes: int) -> Tuple[List[RawBox], List[str]]:
             continue
         fields = [f.strip() for f in line.split(",")]
         if len(fields) not in (5, 7):
-            problems.append(f"line {number}: expected 5 or 7 comma-separated fields, got {len(fields)}")
+            problems.append(f"line {number}: wrong field count: expected 5 or 7 comma-separated fields, got {len(fields)}")
             continue
         try:
             cls_value = _number(fields[0])
@@ -49,7 +49,7 @@ def parse_ark(path: Path, num_classes: int) -> Tuple[List[RawBox], List[str]]:
             problems.append(f"line {number}: not numbers: {line.strip()!r}")
             continue
         if not cls_value.is_integer() or not 0 <= cls_value < num_classes:
-            problems.append(f"line {number}: unknown class index {fields[0]}")
+            problems.append(f"line {number}: unknown class index: {fields[0]}")
             continue
         x1, y1, x2, y2 = coords
         boxes.append((int(cls_value), x1, y1, x2 + 1, y2 + 1))
@@ -70,7 +70,7 @@ def parse_voc(path: Path, class_names: Sequence[str]) -> Tuple[List[RawBox], Lis
     for number, obj in enumerate(root.iter("object"), 1):
         name = (obj.findtext("name") or "").strip()
         if name.lower() not in index:
-            problems.append(f"object {number}: unknown class {name!r}")
+            problems.append(f"object {number}: unknown class: {name!r}")
             continue
         bndbox = obj.find("bndbox")
         try:

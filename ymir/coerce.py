@@ -86,4 +86,7 @@ def to_float_list(value, key: str) -> tuple:
         parts = list(value)
     else:
         parts = [value]
-    return tuple(to_float(part, key) for part in parts)
+    try:
+        return tuple(to_float(part, key) for part in parts)
+    except ConfigError:
+        raise ConfigError(f"config key '{key}' = {value!r} is not a number or a list of numbers") from None

@@ -80,7 +80,7 @@ class InferConfig:
     num_workers_per_gpu: int = 4
     pin_memory: bool = False
 
-    def validate(self) -> "InferConfig":
+    def validate(self) -> InferConfig:
         _check(0.0 <= self.conf_thres <= 1.0, "conf_thres", self.conf_thres, "a number in [0, 1]")
         _check(0.0 < self.iou_thres <= 1.0, "iou_thres", self.iou_thres, "a number in (0, 1]")
         _check(self.max_det >= 1, "max_det", self.max_det, "an integer >= 1")
@@ -96,7 +96,7 @@ class MiningConfig(InferConfig):
     cald_class_diversity: bool = False
     seed: int = 0
 
-    def validate(self) -> "MiningConfig":
+    def validate(self) -> MiningConfig:
         base = InferConfig.validate(self)
         algorithm = self.mining_algorithm.strip().lower()
         _check(algorithm in MINING_ALGORITHMS, "mining_algorithm", self.mining_algorithm, ", ".join(MINING_ALGORITHMS))
@@ -121,9 +121,9 @@ class TrainingConfig:
     activation: str = "SiLU"
     ymir_saved_file_patterns: str = ""
 
-    def validate(self) -> "TrainingConfig":
+    def validate(self) -> TrainingConfig:
         model = self.model.strip().lower()
-        if model.endswith(".yaml") or model.endswith(".pt"):
+        if model.endswith((".yaml", ".pt")):
             model = model.rsplit(".", 1)[0]
         _check(model in MODEL_NAMES, "model", self.model, ", ".join(MODEL_NAMES))
         _check(self.batch_size_per_gpu >= 1, "batch_size_per_gpu", self.batch_size_per_gpu, "an integer >= 1")
@@ -147,7 +147,8 @@ class TrainingConfig:
             try:
                 re.compile(pattern)
             except re.error as exc:
-                raise ConfigError(f"config key 'ymir_saved_file_patterns' has a bad regex {pattern!r}: {exc}") from None
+                raise ConfigError(f"config key 'ymir_saved_file_patterns' = {self.ymir_saved_file_patterns!r} has a "
+                                  f"bad regex {pattern!r} ({exc}); allowed: comma-separated regexes") from None
         return dataclasses.replace(self, model=model, activation=activation, img_size=round_img_size(self.img_size))
 
     @property

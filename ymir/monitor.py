@@ -44,7 +44,7 @@ class Monitor:
         self._last_write = now
         write_text_atomic(self.path, f"{self.task_id}\t{self._stamp()}\t{self.percent:.4f}\t{STATE_RUNNING}\n")
 
-    def span(self, start: float, end: float) -> "ProgressSpan":
+    def span(self, start: float, end: float) -> ProgressSpan:
         return ProgressSpan(self, start, end)
 
     def error(self, code: int, message: str, trace: Iterable[str] = ()) -> None:
@@ -65,6 +65,6 @@ class ProgressSpan:
         fraction = min(1.0, max(0.0, float(fraction)))
         self.monitor.progress(self.start + (self.end - self.start) * fraction, force=force)
 
-    def span(self, start: float, end: float) -> "ProgressSpan":
+    def span(self, start: float, end: float) -> ProgressSpan:
         width = self.end - self.start
         return ProgressSpan(self.monitor, self.start + width * start, self.start + width * end)

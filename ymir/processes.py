@@ -1,6 +1,7 @@
 """Ending every child process the executor started (DataLoader workers, torchrun ranks)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -43,10 +44,8 @@ def terminate_descendants(grace: float = 5.0) -> None:
     pids = descendants(os.getpid())
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
         deadline = time.monotonic() + (grace if sig == signal.SIGTERM else 1.0)
         while time.monotonic() < deadline:
             pids = descendants(os.getpid())

@@ -1,0 +1,90 @@
+"""Shared test helpers: running start.py as YMIR would, fingerprinting /in, reading monitor.txt."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Optional
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+START = REPO / "start.py"
+
+
+def tree_fingerprint(root: Path) -> Dict[str, str]:
+    """sha1 of every file (and the list of folders) under root: equal fingerprints mean byte-identical."""
+    result = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames:
+            result[os.path.relpath(os.path.join(dirpath, name), root) + "/"] = "dir"
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            with open(path, "rb") as f:
+                result[os.path.relpath(path, root)] = hashlib.sha1(f.read()).hexdigest()
+    return result
+
+
+def make_read_only(root: Path) -> None:
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            os.chmod(os.path.join(dirpath, name), 0o444)
+        os.chmod(dirpath, 0o555)
+
+
+@dataclass
+class RunResult:
+    returncode: int
+    output: str
+    monitor: str
+
+    @property
+    def monitor_fields(self):
+        return self.monitor.splitlines()[0].split("\t")
+
+    @property
+    def last_lines(self):
+        return self.output.strip().splitlines()[-2:]
+
+
+def run_start(workdir: Path, timeout: float = 600, extra_env: Optional[dict] = None) -> RunResult:
+    """Run `start.py --in W/in --out W/out` in a fresh process, with /in read-only; /in must stay unchanged."""
+    in_dir, out_dir = workdir / "in", workdir / "out"
+    make_read_only(in_dir)
+    before = tree_fingerprint(in_dir)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(extra_env or {}))
+    proc = subprocess.run([sys.executable, str(START), "--in", str(in_dir), "--out", str(out_dir)],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout, env=env,
+                          cwd=str(workdir))
+    assert tree_fingerprint(in_dir) == before, "the executor changed something under /in"
+    monitor = (out_dir / "monitor.txt").read_text() if (out_dir / "monitor.txt").exists() else ""
+    return RunResult(proc.returncode, proc.stdout, monitor)
+
+
+def edit_yaml(path: Path, **changes) -> None:
+    data = yaml.safe_load(path.read_text()) or {}
+    for key, value in changes.items():
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    path.write_text(yaml.safe_dump(data))
+
+
+YMIR_CMD_VERSIONS = ("2.0.0", "2.3.0")
+PROBE = REPO / "tests" / "contract" / "ymir_cmd_probe.py"
+
+
+def ymir_cmd(version: str, *args) -> dict:
+    """Run YMIR's own code (ymir-cmd `version`, isolated venv made by tools/bootstrap.sh) through the probe."""
+    python = REPO / ".venvs" / f"ymir-cmd-{version}" / "bin" / "python"
+    assert python.exists(), f"{python} is missing: run tools/bootstrap.sh"
+    proc = subprocess.run([str(python), str(PROBE), *map(str, args)], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, timeout=300,
+                          env={"PATH": os.environ.get("PATH", ""), "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])

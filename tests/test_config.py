@@ -1,0 +1,151 @@
+"""Config: template defaults overlaid by config.yaml, YMIR's loose types, clear errors naming the key."""
+import pytest
+import yaml
+
+from ymir.config import (
+    MODEL_NAMES,
+    InferConfig,
+    MiningConfig,
+    TrainingConfig,
+    build_section,
+    load_config,
+    load_template,
+)
+from ymir.demo import make_workdir
+from ymir.env import load_env
+from ymir.errors import CONFIG_ERROR, ConfigError
+from ymir.paths import PathMapper
+
+
+def load(workdir):
+    mapper = PathMapper(workdir / "in", workdir / "out")
+    env = load_env(mapper)
+    return env, load_config(env, mapper)
+
+
+def set_config(workdir, **values):
+    path = workdir / "in" / "config.yaml"
+    data = yaml.safe_load(path.read_text())
+    data.update(values)
+    path.write_text(yaml.safe_dump(data))
+
+
+def test_training_config_from_template_and_strings(tmp_path):
+    work = make_workdir(tmp_path, "training", num_train=2, num_val=1)
+    set_config(work, epochs="3", save_best_only="False", sync_bn="1", img_size="320", batch_size_per_gpu=4.0,
+               gpu_id="0,1", activation="relu")
+    env, config = load(work)
+    t = config.training
+    assert (t.epochs, t.save_best_only, t.sync_bn, t.img_size, t.batch_size_per_gpu) == (3, False, True, 320, 4)
+    assert t.activation == "ReLU"
+    assert t.opset == 11 and t.args_options == "--exist-ok"  # from the template, not in config.yaml
+    assert config.platform.gpu_ids == (0, 1) and config.platform.device_type == "cuda"
+    assert config.platform.class_names == ("box", "disc", "triangle")
+    assert config.platform.annotation_format == "ark"
+    assert config.mining is None and config.infer is None
+
+
+def test_empty_gpu_id_means_cpu(tmp_path):
+    work = make_workdir(tmp_path, "infer", num_candidates=1)
+    _, config = load(work)
+    assert config.platform.gpu_ids == () and config.platform.device_type == "cpu"
+    assert config.infer.conf_thres == 0.25 and config.infer.max_det == 1000
+
+
+def test_mining_plus_infer_builds_both_from_the_mining_template(tmp_path):
+    work = make_workdir(tmp_path, "mining+infer", num_candidates=1)
+    set_config(work, conf_thres="0.3", class_distribution_scores="1.0, 0.5,2", mining_algorithm="CALD")
+    _, config = load(work)
+    assert config.mining.mining_algorithm == "cald"
+    assert config.mining.class_distribution_scores == (1.0, 0.5, 2.0)
+    assert config.mining.conf_thres == config.infer.conf_thres == 0.3
+
+
+def test_img_size_rounds_up_to_a_multiple_of_32(caplog):
+    assert build_section(InferConfig, {"img_size": 600}).img_size == 608
+    assert "608" in caplog.text
+    assert build_section(InferConfig, {"img_size": "640"}).img_size == 640
+
+
+def test_unknown_key_is_kept_and_logged(tmp_path, caplog):
+    work = make_workdir(tmp_path, "training", num_train=2, num_val=1)
+    set_config(work, my_custom_knob=7, shm_size="16G", gpu_count=2)
+    _, config = load(work)
+    assert config.unknown == {"my_custom_knob": 7}
+    assert "my_custom_knob" in caplog.text
+
+
+@pytest.mark.parametrize("section,key,value,allowed", [
+    (TrainingConfig, "img_size", 0, "positive multiple of 32"),
+    (TrainingConfig, "img_size", -64, "positive multiple of 32"),
+    (TrainingConfig, "img_size", "big", "not an integer"),
+    (TrainingConfig, "model", "yolov9", "yolov5n, yolov5s"),
+    (TrainingConfig, "epochs", 0, ">= 1"),
+    (TrainingConfig, "save_best_only", "maybe", "true/false"),
+    (TrainingConfig, "batch_size_per_gpu", True, "not an integer"),
+    (TrainingConfig, "activation", "Swishy", "SiLU"),
+    (TrainingConfig, "opset", 7, "from 11 to 20"),
+    (TrainingConfig, "args_options", "--hyp 'lr0=0.1", "cannot be split"),
+    (TrainingConfig, "ymir_saved_file_patterns", "best.*,([", "bad regex"),
+    (MiningConfig, "mining_algorithm", "coreset", "random, entropy, aldd, cald"),
+    (MiningConfig, "class_distribution_scores", "1,x", "not a number"),
+    (MiningConfig, "conf_thres", 1.5, "[0, 1]"),
+    (InferConfig, "iou_thres", 0, "(0, 1]"),
+    (InferConfig, "max_det", 0, ">= 1"),
+])
+def test_bad_value_is_a_config_error_naming_key_value_and_allowed(section, key, value, allowed):
+    with pytest.raises(ConfigError) as info:
+        build_section(section, {key: value})
+    assert info.value.code == CONFIG_ERROR
+    message = info.value.message
+    assert f"'{key}'" in message and repr(value) in message and allowed in message
+
+
+def test_every_template_key_is_understood():
+    platform_only = {"shm_size", "export_format"}
+    assert set(load_template("training")) - platform_only == {f for f in TrainingConfig.__dataclass_fields__}
+    assert set(load_template("mining")) - platform_only == {f for f in MiningConfig.__dataclass_fields__}
+    assert set(load_template("infer")) - platform_only == {f for f in InferConfig.__dataclass_fields__}
+    assert load_template("training")["model"] in MODEL_NAMES
+
+
+@pytest.mark.parametrize("changes,needle", [
+    ({"class_names": []}, "class_names"),
+    ({"class_names": ["cat", "Cat"]}, "distinct"),
+    ({"gpu_id": "0,a"}, "gpu_id"),
+    ({"export_format": "yolo:raw"}, "export_format"),
+    ({"export_format": "ark"}, "export_format"),
+])
+def test_bad_platform_keys(tmp_path, changes, needle):
+    work = make_workdir(tmp_path, "training", num_train=2, num_val=1)
+    set_config(work, **changes)
+    with pytest.raises(ConfigError, match=needle):
+        load(work)
+
+
+def test_missing_export_format_means_det_voc(tmp_path):
+    work = make_workdir(tmp_path, "training", num_train=2, num_val=1)
+    data = yaml.safe_load((work / "in" / "config.yaml").read_text())
+    del data["export_format"]
+    (work / "in" / "config.yaml").write_text(yaml.safe_dump(data))
+    _, config = load(work)
+    assert config.platform.annotation_format == "voc"
+
+
+def test_env_paths_are_mapped_onto_the_given_folders(tmp_path):
+    work = make_workdir(tmp_path, "training", num_train=2, num_val=1)
+    env, _ = load(work)
+    assert env.training_index_file == (work / "in" / "train-index.tsv").resolve()
+    assert env.candidate_index_file is None
+    assert env.output.monitor_file == (work / "out" / "monitor.txt").resolve()
+    assert env.protocol_version == "1.1.0" and env.run_training and not env.run_mining
+
+
+def test_env_asking_for_nothing_is_a_config_error(tmp_path):
+    work = make_workdir(tmp_path, "infer", num_candidates=1)
+    path = work / "in" / "env.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["run_infer"] = "False"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="no task"):
+        load(work)

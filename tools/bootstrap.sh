@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Prepare a fresh machine for running and testing ymir-yolov5:
+#   .venv                    the product's Python 3.11 environment (torch CPU/CUDA build, requirements, test tools)
+#   .venvs/ymir-cmd-2.0.0    YMIR's own platform code (PyPI ymir-cmd) on Python 3.8, for the contract tests
+#   .venvs/ymir-cmd-2.3.0
+# Re-running it is cheap: existing environments are kept.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TORCH_PINS="torch==2.14.1 torchvision==0.29.1"
+PYTHON=${PYTHON:-python3}
+
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-compile $TORCH_PINS
+.venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-test.txt
+
+find_python38() {
+  if python3.8 -c 'pass' 2>/dev/null; then command -v python3.8; return; fi
+  local root
+  root=$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")
+  ls "$root"/versions/3.8*/bin/python3.8 2>/dev/null | sort -V | tail -n 1
+}
+
+PY38=${PY38:-$(find_python38)}
+if [ -z "$PY38" ]; then
+  echo "bootstrap: Python 3.8 is needed for the ymir-cmd contract tests (YMIR's pinned PyYAML 5.4.1 builds only there)" >&2
+  exit 1
+fi
+for version in 2.0.0 2.3.0; do
+  venv=.venvs/ymir-cmd-$version
+  if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import mir.commands.training' 2>/dev/null; then
+    rm -rf "$venv"
+    "$PY38" -m venv "$venv"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "tests/contract/ymir-cmd-$version.txt"
+  fi
+done
+echo "bootstrap: ready (.venv, .venvs/ymir-cmd-2.0.0, .venvs/ymir-cmd-2.3.0)"
