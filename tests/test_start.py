@@ -1,0 +1,127 @@
+"""start.py end to end: bad input ends with monitor state 4, the right code, a clear last line, exit != 0,
+/in byte-identical (checked by run_start) and no child process left."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import yaml
+
+from tests.helpers import edit_yaml, run_start, ymir_cmd
+from ymir.demo import make_workdir
+from ymir.errors import CONFIG_ERROR, DATASET_ERROR
+
+
+def assert_failed(result, code, *needles):
+    assert result.returncode != 0
+    fields = result.monitor_fields
+    assert fields[2:5] == ["1.0000", "4", str(code)], result.monitor
+    for needle in needles:
+        assert needle in fields[5], fields[5]
+        assert needle in result.last_lines[-1], result.output[-2000:]
+    assert result.last_lines[0] == f"ymir-yolov5 failed with error code {code}:"
+
+
+@pytest.mark.parametrize("changes,needles", [
+    ({"img_size": 0}, ["'img_size'", "0", "positive multiple of 32"]),
+    ({"model": "yolov5z"}, ["'model'", "'yolov5z'", "yolov5n"]),
+    ({"epochs": "many"}, ["'epochs'", "'many'"]),
+    ({"class_names": None}, ["'class_names'"]),
+])
+def test_bad_training_config(tmp_path, changes, needles):
+    work = make_workdir(tmp_path, "training", num_train=2, num_val=1)
+    edit_yaml(work / "in" / "config.yaml", **changes)
+    assert_failed(run_start(work), CONFIG_ERROR, *needles)
+
+
+def test_unknown_mining_algorithm(tmp_path):
+    work = make_workdir(tmp_path, "mining", num_candidates=2)
+    edit_yaml(work / "in" / "config.yaml", mining_algorithm="coreset")
+    assert_failed(run_start(work), CONFIG_ERROR, "'mining_algorithm'", "'coreset'", "random, entropy, aldd, cald")
+
+
+def test_missing_env_yaml(tmp_path):
+    work = make_workdir(tmp_path, "infer", num_candidates=1)
+    (work / "in" / "env.yaml").unlink()
+    assert_failed(run_start(work), CONFIG_ERROR, "env.yaml not found")
+
+
+def test_config_yaml_that_is_not_a_mapping(tmp_path):
+    work = make_workdir(tmp_path, "infer", num_candidates=1)
+    (work / "in" / "config.yaml").write_text("- just\n- a list\n")
+    assert_failed(run_start(work), CONFIG_ERROR, "must be a YAML mapping")
+
+
+def test_training_split_without_usable_images_is_a_dataset_error(tmp_path):
+    work = make_workdir(tmp_path, "training", num_train=3, num_val=2)
+    for line in (work / "in" / "train-index.tsv").read_text().splitlines():
+        image = work / "in" / line.split("\t")[0][len("/in/"):]
+        image.write_bytes(b"")
+    result = run_start(work)
+    assert_failed(result, DATASET_ERROR, "the train split has no usable image")
+    assert "skipped image reasons: not a readable image x3" in result.output
+
+
+def test_failure_monitor_is_read_by_the_platform(tmp_path):
+    work = make_workdir(tmp_path, "training", num_train=2, num_val=1)
+    edit_yaml(work / "in" / "config.yaml", img_size=-1)
+    run_start(work)
+    parsed = ymir_cmd("2.3.0", "monitor", work / "out" / "monitor.txt")
+    assert parsed["ok"] and parsed["state"] == 4 and parsed["state_code"] == CONFIG_ERROR
+    assert "img_size" in parsed["state_message"]
+
+
+def test_dataset_summary_then_honest_stop_until_training_lands(tmp_path):
+    work = make_workdir(tmp_path, "training", num_train=4, num_val=2)
+    result = run_start(work)
+    assert "train split" in result.output and "4 images read" in result.output
+    assert result.returncode != 0 and "no training engine yet" in result.last_lines[-1]
+
+
+def test_no_child_process_outlives_a_failure(tmp_path):
+    """A task that started a child and then failed leaves nothing behind."""
+    script = tmp_path / "spawn_and_fail.py"
+    pid_file = tmp_path / "child.pid"
+    script.write_text(textwrap.dedent(f"""
+        import subprocess, sys
+        sys.path.insert(0, {str(os.getcwd())!r})
+        import ymir.tasks.predict as predict
+        from ymir.app import main
+
+        def boom(ctx):
+            child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+            open({str(pid_file)!r}, "w").write(str(child.pid))
+            raise RuntimeError("rank 1 died")
+
+        predict.run_mining_and_inference = boom
+        sys.exit(main(["--in", sys.argv[1], "--out", sys.argv[2]]))
+    """))
+    work = make_workdir(tmp_path / "w", "infer", num_candidates=1)
+    proc = subprocess.run([sys.executable, str(script), str(work / "in"), str(work / "out")],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
+    assert proc.returncode == 1 and "rank 1 died" in proc.stdout.splitlines()[-1]
+    assert not alive(int(pid_file.read_text()))
+    monitor = (work / "out" / "monitor.txt").read_text().splitlines()[0].split("\t")
+    assert monitor[3:5] == ["4", "0"]  # unknown failure: code 0, the platform's generic container error
+
+
+def alive(pid):
+    """Running, not merely a zombie waiting for its reaper."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
+
+
+def test_start_help_documents_the_folder_mapping():
+    out = subprocess.run([sys.executable, "start.py", "--help"], stdout=subprocess.PIPE, text=True, check=True).stdout
+    assert "--in" in out and "--out" in out
+
+
+def test_template_yaml_files_are_flat_mappings():
+    for name in ("training", "mining", "infer"):
+        data = yaml.safe_load(open(f"{name}-template.yaml"))
+        assert isinstance(data, dict) and all(not isinstance(v, (dict, list)) for v in data.values())
