@@ -83,8 +83,21 @@ def ymir_cmd(version: str, *args) -> dict:
     """Run YMIR's own code (ymir-cmd `version`, isolated venv made by tools/bootstrap.sh) through the probe."""
     python = REPO / ".venvs" / f"ymir-cmd-{version}" / "bin" / "python"
     assert python.exists(), f"{python} is missing: run tools/bootstrap.sh"
-    proc = subprocess.run([str(python), str(PROBE), *map(str, args)], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, timeout=300,
+    proc = subprocess.run([str(python), str(PROBE), *map(str, args)], capture_output=True,
+                          text=True, timeout=300,
                           env={"PATH": os.environ.get("PATH", ""), "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+ORACLE_TOOL = REPO / "tests" / "oracle" / "oracle_tool.py"
+
+
+def oracle(*args) -> dict:
+    """Run the original YOLOv5 (test-only venv made by tools/bootstrap.sh) through tests/oracle/oracle_tool.py."""
+    python = REPO / ".venvs" / "oracle" / "bin" / "python"
+    assert python.exists(), f"{python} is missing: run tools/bootstrap.sh"
+    proc = subprocess.run([str(python), str(ORACLE_TOOL), *map(str, args)], capture_output=True,
+                          text=True, timeout=600, cwd=str(REPO / "tests"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])

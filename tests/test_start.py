@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import yaml
@@ -123,5 +124,5 @@ def test_start_help_documents_the_folder_mapping():
 
 def test_template_yaml_files_are_flat_mappings():
     for name in ("training", "mining", "infer"):
-        data = yaml.safe_load(open(f"{name}-template.yaml"))
+        data = yaml.safe_load(Path(f"{name}-template.yaml").read_text())
         assert isinstance(data, dict) and all(not isinstance(v, (dict, list)) for v in data.values())

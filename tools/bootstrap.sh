@@ -3,6 +3,8 @@
 #   .venv                    the product's Python 3.11 environment (torch CPU/CUDA build, requirements, test tools)
 #   .venvs/ymir-cmd-2.0.0    YMIR's own platform code (PyPI ymir-cmd) on Python 3.8, for the contract tests
 #   .venvs/ymir-cmd-2.3.0
+#   .venvs/oracle            the original YOLOv5 v7.0 (PyPI yolov5==7.0.14), a test-only oracle; it shares
+#                            .venv's torch through a .pth file and keeps its own heavy dependency tree apart
 # Re-running it is cheap: existing environments are kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,4 +38,11 @@ for version in 2.0.0 2.3.0; do
     "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "tests/contract/ymir-cmd-$version.txt"
   fi
 done
-echo "bootstrap: ready (.venv, .venvs/ymir-cmd-2.0.0, .venvs/ymir-cmd-2.3.0)"
+if [ ! -x .venvs/oracle/bin/python ] || ! .venvs/oracle/bin/python -c 'import yolov5' 2>/dev/null; then
+  rm -rf .venvs/oracle
+  "$PYTHON" -m venv .venvs/oracle
+  site=$(.venvs/oracle/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  .venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' > "$site/zz_product_venv.pth"
+  .venvs/oracle/bin/python -m pip install -q --disable-pip-version-check -r tests/oracle-requirements.txt
+fi
+echo "bootstrap: ready (.venv, .venvs/ymir-cmd-2.0.0, .venvs/ymir-cmd-2.3.0, .venvs/oracle)"

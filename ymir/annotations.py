@@ -40,7 +40,8 @@ def parse_ark(path: Path, num_classes: int) -> Tuple[List[RawBox], List[str]]:
             continue
         fields = [f.strip() for f in line.split(",")]
         if len(fields) not in (5, 7):
-            problems.append(f"line {number}: wrong field count: expected 5 or 7 comma-separated fields, got {len(fields)}")
+            problems.append(f"line {number}: wrong field count: expected 5 or 7 comma-separated fields, "
+                            f"got {len(fields)}")
             continue
         try:
             cls_value = _number(fields[0])

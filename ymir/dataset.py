@@ -124,7 +124,8 @@ def read_sample(image: Path, annotation: Path, class_names: Sequence[str], annot
     classes = np.array([b[0] for b in raw_boxes], dtype=np.int64)
     boxes, keep, clipped = clip_boxes(raw, info.width, info.height)
     for row in np.flatnonzero(~keep):
-        report.box_problem(str(annotation), f"degenerate box: {raw[row].tolist()} in a {info.width}x{info.height} image")
+        report.box_problem(str(annotation),
+                           f"degenerate box: {raw[row].tolist()} in a {info.width}x{info.height} image")
     report.clipped_boxes += int(clipped.sum())
     return Sample(image, info.width, info.height, info.orientation, boxes[keep], classes[keep])
 
@@ -137,7 +138,8 @@ def read_split(index_file: Path, class_names: Sequence[str], annotation_format: 
     for number, line in enumerate(read_index_lines(index_file), 1):
         fields = line.split("\t") if "\t" in line else line.split()
         if len(fields) != 2:
-            report.skip_image(f"{index_file}:{number}", f"bad index line: expected 'image TAB annotation', got {line!r}")
+            report.skip_image(f"{index_file}:{number}",
+                              f"bad index line: expected 'image TAB annotation', got {line!r}")
             continue
         sample = read_sample(mapper(fields[0]), mapper(fields[1]), class_names, annotation_format, report)
         if sample is not None:

@@ -1,6 +1,7 @@
 """Our outputs read by YMIR's own code (ymir-cmd 2.0.0 and 2.3.0), and /in written by it read by ours."""
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -135,7 +136,8 @@ def test_mining_and_infer_in_written_by_the_platform_is_read_by_us(tmp_path, ver
     spec = {"task": task, "in_dir": str(in_dir), "media_dir": str(media), "class_names": list(CLASS_NAMES),
             "task_id": "t0000001000001abcdef1663839849", "assets": assets,
             "model_params_path": ["/in/models/best/best.pt"],
-            "executor_config": dict(yaml.safe_load(open("mining-template.yaml")), gpu_id="", gpu_count=0)}
+            "executor_config": dict(yaml.safe_load(Path("mining-template.yaml").read_text()), gpu_id="",
+                                    gpu_count=0)}
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     result = ymir_cmd(version, "make-in", tmp_path / "spec.json")
     assert result["ok"], result.get("trace")

@@ -1,0 +1,172 @@
+"""Building a YOLOv5 detection model from a YOLOv5-style architecture description (yaml)."""
+from __future__ import annotations
+
+import ast
+import copy
+import math
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Type, Union
+
+import torch
+import torch.nn as nn
+import yaml
+
+from models.activations import DEFAULT_ACTIVATION, resolve_activation
+from models.common import C3, SPPF, Bottleneck, Concat, Conv
+from models.detect import Detect
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+STRIDE_PROBE_SIZE = 256
+# Layers whose first two arguments are (input channels, output channels) and that take an activation.
+_CONV_LIKE = {"Conv": Conv, "Bottleneck": Bottleneck, "C3": C3, "SPPF": SPPF}
+_REPEATED_INSIDE = {"C3"}  # the repeat count is an argument of the block, not a stack of blocks
+
+
+def architecture(name: str) -> dict:
+    """The shipped architecture `name` (e.g. 'yolov5s'), as a dict."""
+    path = CONFIG_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise KeyError(f"unknown architecture {name!r}")
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def round_channels(channels: float, divisor: int = 8) -> int:
+    """Scaled channel counts are rounded up to a multiple of 8."""
+    return int(math.ceil(channels / divisor) * divisor)
+
+
+def scaled_repeats(n: int, depth_multiple: float) -> int:
+    return max(round(n * depth_multiple), 1) if n > 1 else n
+
+
+def _argument(value, nc: int, anchors):
+    """Arguments are literals; the strings 'nc' and 'anchors' name the model's; 'None' etc. are Python literals."""
+    if not isinstance(value, str):
+        return value
+    if value == "nc":
+        return nc
+    if value == "anchors":
+        return anchors
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value  # e.g. 'nearest'
+
+
+def build_layers(cfg: dict, in_channels: int, activation: Type[nn.Module]):
+    """Returns (nn.Sequential of layers, sorted indices of the layers whose outputs later layers read)."""
+    nc, anchors = cfg["nc"], cfg["anchors"]
+    gd, gw = cfg["depth_multiple"], cfg["width_multiple"]
+    num_outputs = (len(anchors[0]) // 2) * (nc + 5)
+    channels: List[int] = [in_channels]
+    layers, saved = [], set()
+    for i, (source, repeats, kind, args) in enumerate(cfg["backbone"] + cfg["head"]):
+        args = [_argument(a, nc, anchors) for a in args]
+        n = scaled_repeats(repeats, gd)
+        if kind in _CONV_LIKE:
+            c1, c2 = channels[source], args[0]
+            if c2 != num_outputs:
+                c2 = round_channels(c2 * gw)
+            args = [c1, c2, *args[1:]]
+            if kind in _REPEATED_INSIDE:
+                args.insert(2, n)
+                n = 1
+            make = lambda cls=_CONV_LIKE[kind], a=tuple(args): cls(*a, activation=activation)  # noqa: E731
+        elif kind == "Concat":
+            c2 = sum(channels[j] for j in source)
+            make = lambda a=tuple(args): Concat(*a)  # noqa: E731
+        elif kind == "Detect":
+            args.append([channels[j] for j in source])
+            if isinstance(args[1], int):  # a number of anchors instead of sizes
+                args[1] = [list(range(args[1] * 2))] * len(source)
+            c2 = channels[source] if isinstance(source, int) else channels[source[0]]
+            make = lambda a=tuple(args): Detect(*a)  # noqa: E731
+        elif kind == "nn.Upsample":
+            c2 = channels[source]
+            make = lambda a=tuple(args): nn.Upsample(*a)  # noqa: E731
+        elif kind == "nn.BatchNorm2d":
+            c2 = channels[source]
+            make = lambda c=channels[source]: nn.BatchNorm2d(c)  # noqa: E731
+        else:
+            raise ValueError(f"layer {i}: unsupported module {kind!r}")
+        layer = nn.Sequential(*(make() for _ in range(n))) if n > 1 else make()
+        layer.i, layer.f, layer.type = i, source, kind
+        layer.np = sum(p.numel() for p in layer.parameters())
+        saved.update(j % i for j in ([source] if isinstance(source, int) else source) if j != -1)
+        layers.append(layer)
+        if i == 0:
+            channels = []
+        channels.append(c2)
+    return nn.Sequential(*layers), sorted(saved)
+
+
+class DetectionModel(nn.Module):
+    """A YOLOv5 detector. `model` holds the layers in order; the last one is the Detect head."""
+
+    def __init__(self, cfg: Union[str, dict] = "yolov5s", ch: int = 3, nc: Optional[int] = None,
+                 anchors: Optional[Sequence] = None, activation: str = DEFAULT_ACTIVATION):
+        super().__init__()
+        self.yaml = copy.deepcopy(architecture(cfg) if isinstance(cfg, str) else cfg)
+        if nc is not None:
+            self.yaml["nc"] = nc
+        if anchors is not None:
+            self.yaml["anchors"] = [list(a) for a in anchors]
+        self.activation = resolve_activation(activation).__name__
+        self.model, self.save = build_layers(self.yaml, ch, resolve_activation(activation))
+        self.names: Dict[int, str] = {i: str(i) for i in range(self.yaml["nc"])}
+        self._init_weights()
+        head = self.detect
+        head.inplace = self.yaml.get("inplace", True)
+        self.stride = self._measure_strides(ch)
+        head.stride = self.stride
+        head.anchors /= self.stride.view(-1, 1, 1)
+        self._check_anchor_order()
+        head.initialize_biases()
+
+    @property
+    def detect(self) -> Detect:
+        return self.model[-1]
+
+    @property
+    def nc(self) -> int:
+        return self.detect.nc
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eps, m.momentum = 1e-3, 0.03
+            elif isinstance(m, (nn.Hardswish, nn.LeakyReLU, nn.ReLU, nn.ReLU6, nn.SiLU)):
+                m.inplace = True
+
+    def _measure_strides(self, ch: int) -> torch.Tensor:
+        outputs = self.forward(torch.zeros(1, ch, STRIDE_PROBE_SIZE, STRIDE_PROBE_SIZE))
+        return torch.tensor([STRIDE_PROBE_SIZE / o.shape[-2] for o in outputs])
+
+    def _check_anchor_order(self) -> None:
+        """Anchor sizes must grow with stride (as the levels do)."""
+        head = self.detect
+        area = head.anchors.prod(-1).mean(-1).view(-1)
+        da, ds = area[-1] - area[0], head.stride[-1] - head.stride[0]
+        if da and da.sign() != ds.sign():
+            head.anchors[:] = head.anchors.flip(0)
+
+    def forward(self, x: torch.Tensor):
+        outputs: List[Optional[torch.Tensor]] = []
+        for layer in self.model:
+            if layer.f != -1:
+                x = outputs[layer.f] if isinstance(layer.f, int) else [x if j == -1 else outputs[j] for j in layer.f]
+            x = layer(x)
+            outputs.append(x if layer.i in self.save else None)
+        return x
+
+    def fuse(self) -> DetectionModel:
+        """Fold batch norms into convolutions, for inference."""
+        for m in self.modules():
+            if isinstance(m, Conv):
+                m.fuse()
+        return self
+
+    @property
+    def max_stride(self) -> int:
+        return int(self.stride.max())

@@ -1,0 +1,88 @@
+"""The test oracle: the original YOLOv5 v7.0 (PyPI yolov5==7.0.14), run in its own venv (.venvs/oracle).
+
+Commands print one JSON object on stdout:
+    keys CFGS NCS                         state_dict key -> shape of the original's models
+    checkpoint CFG NC CKPT IO SEED SIZE   a checkpoint saved the original way (classes pickled as models.*,
+                                          fp16, stripped), plus IO: an input batch and the original's eval
+                                          outputs for it (plain tensors, computed with the fp16-rounded weights)
+"""
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("YOLOV5_CONFIG_DIR", tempfile.mkdtemp(prefix="yolov5-config-"))
+_font = Path(os.environ["YOLOV5_CONFIG_DIR"]) / "Arial.ttf"
+if not _font.exists():  # the original downloads a font otherwise; any TTF will do offline
+    import matplotlib
+
+    shutil.copy(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf", _font)
+
+import torch  # noqa: E402
+import yolov5  # noqa: E402
+import yolov5.models.common  # noqa: E402
+import yolov5.models.yolo  # noqa: E402
+
+ORIGINAL_MODULES = {"models": yolov5.models, "models.yolo": yolov5.models.yolo, "models.common": yolov5.models.common}
+
+
+def build(cfg, nc):
+    path = Path(yolov5.__file__).parent / "models" / f"{cfg}.yaml"
+    if not path.exists():
+        path = Path(yolov5.__file__).parent / "models" / "hub" / f"{cfg}.yaml"
+    return yolov5.models.yolo.DetectionModel(str(path), ch=3, nc=int(nc))
+
+
+def keys(cfgs, ncs):
+    """For each architecture (comma-separated) and class count (comma-separated): keys, shapes, parameters."""
+    result = {}
+    for cfg in cfgs.split(","):
+        for nc in ncs.split(","):
+            model = build(cfg, nc)
+            result[f"{cfg}@{nc}"] = {"keys": {k: list(v.shape) for k, v in model.state_dict().items()},
+                                     "params": sum(p.numel() for p in model.parameters())}
+    return result
+
+
+def randomize(model, seed):
+    g = torch.Generator().manual_seed(int(seed))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+
+
+def checkpoint(cfg, nc, ckpt_path, io_path, seed, size):
+    model = build(cfg, nc)
+    randomize(model, seed)
+    model.names = {i: f"class{i}" for i in range(int(nc))}
+    model = model.half().float().eval()  # the weights a stripped fp16 checkpoint holds
+    g = torch.Generator().manual_seed(int(seed) + 1)
+    x = torch.rand(2, 3, int(size), int(size), generator=g)
+    with torch.no_grad():
+        decoded, levels = model(x)
+    torch.save({"input": x, "decoded": decoded, "levels": list(levels)}, io_path)
+    # pickle the classes under the names official releases use (models.yolo / models.common)
+    for name, module in ORIGINAL_MODULES.items():
+        sys.modules[name] = module
+    for cls in (yolov5.models.yolo.DetectionModel, yolov5.models.yolo.Detect):
+        cls.__module__ = "models.yolo"
+    for cls in (yolov5.models.common.Conv, yolov5.models.common.C3, yolov5.models.common.Bottleneck,
+                yolov5.models.common.SPPF, yolov5.models.common.Concat):
+        cls.__module__ = "models.common"
+    ckpt = {"epoch": -1, "best_fitness": None, "model": model.half(), "ema": None, "updates": None,
+            "optimizer": None, "opt": {"imgsz": int(size), "hyp": {"lr0": 0.01}}, "git": None,
+            "date": "2022-11-22T00:00:00"}
+    torch.save(ckpt, ckpt_path)
+    return {"saved": ckpt_path}
+
+
+COMMANDS = {"keys": keys, "checkpoint": checkpoint}
+
+if __name__ == "__main__":
+    print(json.dumps(COMMANDS[sys.argv[1]](*sys.argv[2:])))

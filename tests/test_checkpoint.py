@@ -1,0 +1,116 @@
+"""Checkpoints: official files read without the original code and without running anything from the file."""
+import os
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from models.yolo import DetectionModel
+from tests.helpers import REPO, oracle
+from utils.checkpoint import CheckpointError, build_model, read_checkpoint, save_checkpoint, transfer_weights
+
+PARITY_SCRIPT = """
+import sys, torch
+sys.path.insert(0, {repo!r})
+try:
+    import yolov5  # noqa: F401
+    raise SystemExit("the original YOLOv5 is importable here; this check needs a process without it")
+except ImportError:
+    pass
+from utils.checkpoint import read_checkpoint, build_model
+ckpt = read_checkpoint({ckpt!r})
+assert ckpt.source == "yolov5" and ckpt.names == ["class0", "class1", "class2"], (ckpt.source, ckpt.names)
+model = build_model(ckpt)
+io = torch.load({io!r}, weights_only=True)
+with torch.no_grad():
+    decoded, levels = model(io["input"])
+worst = max([(decoded - io["decoded"]).abs().max().item()]
+            + [(a - b).abs().max().item() for a, b in zip(levels, io["levels"])])
+assert not any(name.startswith(("models.", "yolov5")) and name != "models" and "yolo" in name and
+               not getattr(sys.modules[name], "__file__", "").startswith({repo!r}) for name in sys.modules)
+print(worst)
+"""
+
+
+@pytest.mark.parametrize("cfg", ["yolov5s", "yolov5n6"])
+def test_official_checkpoint_gives_the_originals_outputs(tmp_path, cfg):
+    ckpt, io = tmp_path / "official.pt", tmp_path / "io.pt"
+    oracle("checkpoint", cfg, 3, ckpt, io, 7, 128)
+    script = PARITY_SCRIPT.format(repo=str(REPO), ckpt=str(ckpt), io=str(io))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert float(proc.stdout.strip()) <= 1e-4
+
+
+class WritesAFile:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+class EvalsCode:
+    def __reduce__(self):
+        return (eval, ("__import__('os').system('true')",))
+
+
+@pytest.mark.parametrize("payload", ["system", "eval"])
+def test_malicious_checkpoint_is_refused_and_nothing_runs(tmp_path, payload):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    bomb = WritesAFile(marker) if payload == "system" else EvalsCode()
+    torch.save({"model": bomb, "epoch": -1}, str(path))
+    with pytest.raises(CheckpointError, match="refused") as info:
+        read_checkpoint(path)
+    assert ("posix.system" in str(info.value) or "os.system" in str(info.value)) if payload == "system" else \
+        "eval" in str(info.value)
+    assert not marker.exists()
+
+
+def test_plain_pickle_file_is_refused_too(tmp_path):
+    path = tmp_path / "legacy.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"model": WritesAFile(tmp_path / "pwned")}, f, protocol=2)
+    with pytest.raises(CheckpointError):
+        read_checkpoint(path)
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint", None])
+def test_unreadable_files(tmp_path, content):
+    path = tmp_path / "x.pt"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError):
+        read_checkpoint(path)
+
+
+def test_our_checkpoint_is_plain_data_and_round_trips(tmp_path):
+    torch.manual_seed(1)
+    model = DetectionModel("yolov5n", nc=2, activation="LeakyReLU")
+    path = tmp_path / "ours.pt"
+    save_checkpoint(path, model, ["cat", "dog"], epoch=3, meta={"mAP50": 0.5})
+    plain = torch.load(str(path), weights_only=True)  # nothing but plain types inside
+    assert plain["format"] == "ymir-yolov5" and plain["names"] == ["cat", "dog"]
+    assert all(v.dtype in (torch.float16, torch.int64) for v in plain["state_dict"].values())
+    ckpt = read_checkpoint(path)
+    assert (ckpt.names, ckpt.activation, ckpt.epoch, ckpt.meta) == (["cat", "dog"], "LeakyReLU", 3, {"mAP50": 0.5})
+    rebuilt = build_model(ckpt)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        expected, _ = model.half().float().eval()(x)
+        got, _ = rebuilt(x)
+    assert (expected - got).abs().max() < 1e-5
+
+
+def test_transfer_to_another_class_count_keeps_matching_tensors():
+    source = DetectionModel("yolov5n", nc=80)
+    target = DetectionModel("yolov5n", nc=3)
+    copied, total = transfer_weights(target, source.state_dict())
+    # everything but the three class-dependent head convs (weight + bias) and the anchors
+    assert total - copied == 3 * 2 + 1
+    assert torch.equal(target.state_dict()["model.0.conv.weight"], source.state_dict()["model.0.conv.weight"])

@@ -1,0 +1,170 @@
+"""Reading and writing model checkpoints.
+
+Reads official YOLOv5 v6.x/v7.0 files (a pickled `DetectionModel` under `ema` or `model`) and our own (a plain
+dict) through `utils.restricted_pickle`, so nothing in the file is executed and the original code is never
+imported. Writes our own format: a plain dict of tensors and basic types, loadable with `weights_only=True`.
+"""
+from __future__ import annotations
+
+import datetime
+import inspect
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+from models.activations import DEFAULT_ACTIVATION
+from models.yolo import DetectionModel
+from utils import restricted_pickle
+from utils.restricted_pickle import PickledObject
+
+LOG = logging.getLogger(__name__)
+FORMAT = "ymir-yolov5"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(Exception):
+    """The file is not a checkpoint we can use (or is unsafe to read)."""
+
+
+@dataclass
+class Checkpoint:
+    """What a checkpoint holds, independent of who wrote it."""
+
+    state_dict: Dict[str, torch.Tensor]
+    yaml: dict
+    names: List[str]
+    activation: str = DEFAULT_ACTIVATION
+    source: str = FORMAT  # "yolov5" for official files
+    epoch: Optional[int] = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def nc(self) -> int:
+        return int(self.yaml["nc"])
+
+
+def _torch_load(path: Union[str, Path]):
+    kwargs = {"map_location": "cpu", "pickle_module": restricted_pickle}
+    if "weights_only" in inspect.signature(torch.load).parameters:
+        kwargs["weights_only"] = False  # the restricted unpickler is the safety, not torch's allow-list
+    return torch.load(str(path), **kwargs)
+
+
+def stand_in_state_dict(module: PickledObject, prefix: str = "") -> OrderedDict[str, torch.Tensor]:
+    """The state_dict of a pickled nn.Module tree, in torch's order (parameters, buffers, children)."""
+    state = module.__dict__
+    result: OrderedDict[str, torch.Tensor] = OrderedDict()
+    for name, value in (state.get("_parameters") or {}).items():
+        if value is not None:
+            result[prefix + name] = value.detach()
+    skip = state.get("_non_persistent_buffers_set") or set()
+    for name, value in (state.get("_buffers") or {}).items():
+        if value is not None and name not in skip:
+            result[prefix + name] = value
+    for name, child in (state.get("_modules") or {}).items():
+        if isinstance(child, PickledObject):
+            result.update(stand_in_state_dict(child, f"{prefix}{name}."))
+    return result
+
+
+def _stand_in_activation(model: PickledObject) -> str:
+    """Activation class name of the first Conv block in a pickled model tree."""
+    stack = [model]
+    while stack:
+        node = stack.pop(0)
+        modules = node.__dict__.get("_modules") or {}
+        if node.qualified_name.endswith(".Conv") and isinstance(modules.get("act"), PickledObject):
+            return modules["act"].qualified_name.rsplit(".", 1)[-1]
+        stack.extend(m for m in modules.values() if isinstance(m, PickledObject))
+    return DEFAULT_ACTIVATION
+
+
+def _names_list(names, nc: int) -> List[str]:
+    if isinstance(names, dict):
+        return [str(names.get(i, i)) for i in range(nc)]
+    if isinstance(names, (list, tuple)) and len(names) == nc:
+        return [str(n) for n in names]
+    return [str(i) for i in range(nc)]
+
+
+def read_checkpoint(path: Union[str, Path]) -> Checkpoint:
+    """Read a checkpoint of ours or an official YOLOv5 one. Raises CheckpointError."""
+    try:
+        raw = _torch_load(path)
+    except restricted_pickle.UnsafePickleError as exc:
+        raise CheckpointError(f"{path}: refused: {exc}") from None
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: not found") from None
+    except Exception as exc:  # torch raises many types for a file that is not a checkpoint
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: not a checkpoint (a {type(raw).__name__}, not a dict)")
+    if raw.get("format") == FORMAT:
+        return _from_ours(raw, path)
+    model = raw.get("ema") or raw.get("model")
+    if isinstance(model, PickledObject) and isinstance(model.__dict__.get("yaml"), dict):
+        yaml_dict = dict(model.__dict__["yaml"])
+        state = stand_in_state_dict(model)
+        nc = int(yaml_dict.get("nc", 0))
+        epoch = raw.get("epoch")
+        return Checkpoint(
+            state_dict={k: v.float() if v.is_floating_point() else v for k, v in state.items()},
+            yaml=yaml_dict, names=_names_list(model.__dict__.get("names"), nc),
+            activation=_stand_in_activation(model), source="yolov5",
+            epoch=epoch if isinstance(epoch, int) else None,
+            meta={"date": raw.get("date") if isinstance(raw.get("date"), str) else None})
+    raise CheckpointError(f"{path}: neither a YOLOv5 checkpoint nor one of ours (keys: {sorted(map(str, raw))[:8]})")
+
+
+def _from_ours(raw: dict, path) -> Checkpoint:
+    try:
+        return Checkpoint(state_dict={k: v.float() if v.is_floating_point() else v
+                                      for k, v in raw["state_dict"].items()},
+                          yaml=dict(raw["yaml"]), names=list(raw["names"]),
+                          activation=raw.get("activation", DEFAULT_ACTIVATION), source=FORMAT,
+                          epoch=raw.get("epoch"), meta=dict(raw.get("meta") or {}))
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{path}: damaged checkpoint ({exc})") from None
+
+
+def build_model(ckpt: Checkpoint) -> DetectionModel:
+    """The checkpoint's architecture with all of its weights (strict)."""
+    model = DetectionModel(ckpt.yaml, nc=ckpt.nc, activation=ckpt.activation)
+    missing, unexpected = model.load_state_dict(ckpt.state_dict, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"weights do not fit the architecture: {len(missing)} missing "
+                              f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})")
+    model.names = {i: n for i, n in enumerate(ckpt.names)}
+    return model.float().eval()
+
+
+def transfer_weights(model: nn.Module, state_dict: Dict[str, torch.Tensor],
+                     exclude: Tuple[str, ...] = ("anchors",)) -> Tuple[int, int]:
+    """Copy every tensor whose name and shape match (except `exclude`d names); return (copied, model total)."""
+    own = model.state_dict()
+    matched = {k: v for k, v in state_dict.items()
+               if k in own and v.shape == own[k].shape and not any(x in k for x in exclude)}
+    own.update(matched)
+    model.load_state_dict(own)
+    LOG.info("transferred %d/%d tensors from the checkpoint", len(matched), len(own))
+    return len(matched), len(own)
+
+
+def save_checkpoint(path: Union[str, Path], model: DetectionModel, names: List[str], epoch: Optional[int] = None,
+                    meta: Optional[dict] = None, half: bool = True) -> None:
+    """Our format: plain types only (loadable with torch.load(weights_only=True))."""
+    state = OrderedDict((k, (v.detach().half() if half and v.is_floating_point() else v.detach()).cpu().clone())
+                        for k, v in model.state_dict().items())
+    payload = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "yaml": model.yaml, "names": list(names),
+        "activation": getattr(model, "activation", DEFAULT_ACTIVATION), "state_dict": state,
+        "epoch": epoch, "meta": dict(meta or {}), "date": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
+    tmp = Path(str(path) + ".tmp")
+    torch.save(payload, str(tmp))
+    tmp.replace(path)

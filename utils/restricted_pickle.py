@@ -1,0 +1,117 @@
+"""A pickle module for `torch.load` that executes nothing from the file.
+
+Only tensor and storage rebuilding and plain containers may be called. Classes of the original YOLOv5 code
+(`models.*`, `utils.*`) and of `torch.nn` are replaced by inert `PickledObject` stand-ins that only record
+their state, so a checkpoint's module tree can be read without importing any of that code. Any other global
+(`os.system`, `builtins.eval`, ...) raises UnsafePickleError before anything runs.
+"""
+from __future__ import annotations
+
+import pickle
+from typing import Dict, Tuple
+
+_CALLABLE = {
+    ("torch._utils", "_rebuild_tensor"),
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_parameter"),
+    ("torch._utils", "_rebuild_parameter_with_state"),
+    ("collections", "OrderedDict"),
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("__builtin__", "set"),
+    ("__builtin__", "frozenset"),
+    ("torch", "Size"),
+}
+# Module trees whose classes become inert stand-ins.
+_STAND_IN_PREFIXES = ("models.", "utils.", "yolov5.models.", "yolov5.utils.", "torch.nn.modules.")
+# Pure-data globals found in training checkpoints (numpy scalars for best_fitness, argparse options):
+# replaced by an opaque placeholder; their values are never needed.
+_OPAQUE_DATA = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("argparse", "Namespace"),
+    ("pathlib", "PosixPath"),
+    ("pathlib", "WindowsPath"),
+}
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """The file asks to call something other than tensor rebuilding."""
+
+
+class PickledObject:
+    """Inert stand-in for a pickled class instance: holds the pickled state and nothing else."""
+
+    qualified_name = "object"
+
+    def __init__(self, *args, **kwargs):
+        self.__dict__["_pickled_args"] = args
+
+    def __setstate__(self, state):
+        if isinstance(state, tuple) and len(state) == 2:  # (dict state, slot state)
+            state = {**(state[0] or {}), **(state[1] or {})}
+        if isinstance(state, dict):
+            self.__dict__.update(state)
+        else:
+            self.__dict__["_pickled_state"] = state
+
+    def __repr__(self) -> str:
+        return f"<stand-in for {self.qualified_name}>"
+
+
+class OpaqueData(PickledObject):
+    qualified_name = "opaque data"
+
+
+def _opaque(*_args, **_kwargs) -> OpaqueData:
+    return OpaqueData()
+
+
+_STAND_INS: Dict[Tuple[str, str], type] = {}
+
+
+def stand_in(module: str, name: str) -> type:
+    key = (module, name)
+    if key not in _STAND_INS:
+        _STAND_INS[key] = type(name, (PickledObject,), {"qualified_name": f"{module}.{name}"})
+    return _STAND_INS[key]
+
+
+class Unpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) in _CALLABLE:
+            import collections
+
+            import torch
+
+            return {
+                "OrderedDict": collections.OrderedDict, "set": set, "frozenset": frozenset, "Size": torch.Size,
+            }.get(name) or getattr(__import__(module, fromlist=[name]), name)
+        if (module, name) in _OPAQUE_DATA:
+            return _opaque
+        if module.startswith(_STAND_IN_PREFIXES) and name.isidentifier() and name[:1].isupper():
+            return stand_in(module, name)
+        raise UnsafePickleError(f"the file asks for {module}.{name}, which a checkpoint never needs; refused")
+
+
+def load(file, **kwargs):
+    return Unpickler(file, **kwargs).load()
+
+
+def loads(data: bytes, **kwargs):
+    import io
+
+    return Unpickler(io.BytesIO(data), **kwargs).load()
+
+
+# torch.load reads these module-level names of a pickle module.
+Pickler = pickle.Pickler
+dump = pickle.dump
+dumps = pickle.dumps
+HIGHEST_PROTOCOL = pickle.HIGHEST_PROTOCOL
+DEFAULT_PROTOCOL = pickle.DEFAULT_PROTOCOL
+UnpicklingError = pickle.UnpicklingError
