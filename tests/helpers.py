@@ -1,6 +1,7 @@
 """Shared test helpers: running start.py as YMIR would, fingerprinting /in, reading monitor.txt."""
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -91,13 +92,25 @@ def ymir_cmd(version: str, *args) -> dict:
 
 
 ORACLE_TOOL = REPO / "tests" / "oracle" / "oracle_tool.py"
+_oracle_process = None
 
 
 def oracle(*args) -> dict:
-    """Run the original YOLOv5 (test-only venv made by tools/bootstrap.sh) through tests/oracle/oracle_tool.py."""
-    python = REPO / ".venvs" / "oracle" / "bin" / "python"
-    assert python.exists(), f"{python} is missing: run tools/bootstrap.sh"
-    proc = subprocess.run([str(python), str(ORACLE_TOOL), *map(str, args)], capture_output=True,
-                          text=True, timeout=600, cwd=str(REPO / "tests"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    """Ask the original YOLOv5 (test-only venv made by tools/bootstrap.sh; tests/oracle/oracle_tool.py).
+
+    One oracle process serves the whole test session, so its heavy imports are paid once.
+    """
+    global _oracle_process
+    if _oracle_process is None or _oracle_process.poll() is not None:
+        python = REPO / ".venvs" / "oracle" / "bin" / "python"
+        assert python.exists(), f"{python} is missing: run tools/bootstrap.sh"
+        _oracle_process = subprocess.Popen([str(python), str(ORACLE_TOOL), "serve"], stdin=subprocess.PIPE,
+                                           stdout=subprocess.PIPE, text=True, cwd=str(REPO / "tests"))
+        atexit.register(_oracle_process.kill)
+    _oracle_process.stdin.write(json.dumps([str(a) for a in args]) + "\n")
+    _oracle_process.stdin.flush()
+    line = _oracle_process.stdout.readline()
+    assert line, "the oracle process died"
+    result = json.loads(line)
+    assert result.pop("ok"), result["trace"]
+    return result

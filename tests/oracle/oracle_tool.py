@@ -1,6 +1,7 @@
 """The test oracle: the original YOLOv5 v7.0 (PyPI yolov5==7.0.14), run in its own venv (.venvs/oracle).
 
-Commands print one JSON object on stdout:
+`serve` answers commands given as JSON lines on stdin (the tests keep one such process per session);
+otherwise one command from argv prints one JSON object on stdout:
     keys CFGS NCS                         state_dict key -> shape of the original's models
     checkpoint CFG NC CKPT IO SEED SIZE   a checkpoint saved the original way (classes pickled as models.*,
                                           fp16, stripped), plus IO: an input batch and the original's eval
@@ -82,7 +83,48 @@ def checkpoint(cfg, nc, ckpt_path, io_path, seed, size):
     return {"saved": ckpt_path}
 
 
-COMMANDS = {"keys": keys, "checkpoint": checkpoint}
+def nms(io_path, conf, iou, multi_label, agnostic, max_det):
+    """IO holds `prediction` (B, N, 5 + nc); adds `detections` (list of (n, 6)) from the original's NMS."""
+    from yolov5.utils.general import non_max_suppression
+
+    io = torch.load(io_path, weights_only=True)
+    io["detections"] = non_max_suppression(io["prediction"].clone(), float(conf), float(iou),
+                                           multi_label=multi_label == "1", agnostic=agnostic == "1",
+                                           max_det=int(max_det))
+    torch.save(io, io_path)
+    return {"images": len(io["detections"])}
+
+
+def letterbox(io_path, size, auto):
+    """IO holds `images` (list of HWC uint8 tensors); adds the original's letterboxed images and geometry."""
+    from yolov5.utils.augmentations import letterbox as original_letterbox
+
+    io = torch.load(io_path, weights_only=True)
+    results = [original_letterbox(img.numpy(), int(size), auto=auto == "1") for img in io["images"]]
+    io["letterboxed"] = [torch.from_numpy(r[0]) for r in results]
+    io["geometry"] = [torch.tensor([*r[1], *r[2]], dtype=torch.float64) for r in results]
+    torch.save(io, io_path)
+    return {"images": len(results)}
+
+
+COMMANDS = {"keys": keys, "checkpoint": checkpoint, "nms": nms, "letterbox": letterbox}
+
+def serve():
+    """One JSON list [command, *args] per input line -> one JSON result per output line (imports paid once)."""
+    for line in sys.stdin:
+        command, *args = json.loads(line)
+        try:
+            result = {"ok": True, **COMMANDS[command](*args)}
+        except Exception as exc:  # reported to the test, which fails with the trace
+            import traceback
+
+            result = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()}
+        sys.stdout.write(json.dumps(result) + "\n")
+        sys.stdout.flush()
+
 
 if __name__ == "__main__":
-    print(json.dumps(COMMANDS[sys.argv[1]](*sys.argv[2:])))
+    if sys.argv[1] == "serve":
+        serve()
+    else:
+        print(json.dumps(COMMANDS[sys.argv[1]](*sys.argv[2:])))

@@ -1,0 +1,77 @@
+"""Letterbox, box mapping and NMS against the original YOLOv5's on the same inputs."""
+import numpy as np
+import pytest
+import torch
+
+from tests.helpers import oracle
+from utils.boxes import box_iou, scale_ratio_pad, unletterbox_boxes, xywh_to_xyxy, xyxy_to_xywh
+from utils.letterbox import letterbox
+from utils.nms import non_max_suppression
+
+
+def random_predictions(seed, batch=3, anchors=2000, nc=4):
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(batch, anchors, 2, generator=g) * 320
+    wh = torch.rand(batch, anchors, 2, generator=g) * 80 + 2
+    scores = torch.rand(batch, anchors, 1 + nc, generator=g) ** 3  # mostly low, like real outputs
+    return torch.cat((xy, wh, scores), 2)
+
+
+@pytest.mark.parametrize("multi_label,agnostic,conf,iou,max_det", [
+    (False, False, 0.25, 0.45, 1000),
+    (True, False, 0.001, 0.6, 300),
+    (False, True, 0.1, 0.5, 50),
+])
+def test_nms_equals_the_original(tmp_path, multi_label, agnostic, conf, iou, max_det):
+    prediction = random_predictions(seed=int(conf * 1000) + max_det)
+    prediction[1, :, 4] = 0.0  # an image with nothing over the threshold
+    io = tmp_path / "io.pt"
+    torch.save({"prediction": prediction}, io)
+    oracle("nms", io, conf, iou, int(multi_label), int(agnostic), max_det)
+    expected = torch.load(io, weights_only=True)["detections"]
+    ours, indices = non_max_suppression(prediction.clone(), conf, iou, multi_label=multi_label, agnostic=agnostic,
+                                        max_det=max_det, return_indices=True)
+    for mine, theirs, idx, pred in zip(ours, expected, indices, prediction):
+        assert mine.shape == theirs.shape
+        assert torch.equal(mine, theirs)
+        if len(idx):  # each detection comes from the raw prediction it names
+            torch.testing.assert_close(mine[:, :4], xywh_to_xyxy(pred[idx, :4]))
+    assert sum(len(d) for d in ours) > 10 and len(ours[1]) == 0
+
+
+def test_letterbox_equals_the_original(tmp_path):
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, size=shape, dtype=np.uint8) for shape in
+              [(480, 640, 3), (640, 480, 3), (123, 457, 3), (1000, 50, 3), (64, 64, 3)]]
+    io = tmp_path / "io.pt"
+    torch.save({"images": [torch.from_numpy(i) for i in images]}, io)
+    for size, auto in ((320, False), (640, False), (320, True)):
+        oracle("letterbox", io, size, int(auto))
+        expected = torch.load(io, weights_only=True)
+        for img, theirs, geometry in zip(images, expected["letterboxed"], expected["geometry"]):
+            mine, ratio, pad = letterbox(img, size, auto=auto)
+            assert np.array_equal(mine, theirs.numpy())
+            assert [*ratio, *pad] == pytest.approx(geometry.tolist())
+
+
+def test_boxes_round_trip_through_the_letterbox():
+    original = (300, 500)  # h, w
+    img = np.zeros((*original, 3), dtype=np.uint8)
+    boxed, ratio, pad = letterbox(img, 320)
+    assert boxed.shape == (320, 320, 3)
+    boxes = torch.tensor([[10.0, 20.0, 110.0, 220.0], [400.0, 0.0, 500.0, 300.0]])
+    in_letterbox = boxes.clone()
+    in_letterbox[:, [0, 2]] = in_letterbox[:, [0, 2]] * ratio[0] + pad[0]
+    in_letterbox[:, [1, 3]] = in_letterbox[:, [1, 3]] * ratio[1] + pad[1]
+    back = unletterbox_boxes(in_letterbox, ratio, pad, original)
+    torch.testing.assert_close(back, boxes)
+    assert scale_ratio_pad(original, (320, 320)) == ((0.64, 0.64), (0.0, 64.0))
+
+
+def test_box_helpers_known_values():
+    a = torch.tensor([[0.0, 0, 10, 10]])
+    b = torch.tensor([[5.0, 5, 15, 15], [20.0, 20, 30, 30], [0.0, 0, 10, 10]])
+    torch.testing.assert_close(box_iou(a, b), torch.tensor([[25 / 175, 0.0, 1.0]]))
+    xywh = torch.tensor([[5.0, 5, 10, 10]])
+    torch.testing.assert_close(xywh_to_xyxy(xywh), a)
+    torch.testing.assert_close(xyxy_to_xywh(a), xywh)
