@@ -1,0 +1,98 @@
+"""Batched inference: images read and letterboxed in loader workers, moved as uint8, normalised on the device."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from models.yolo import DetectionModel
+from utils.boxes import unletterbox_boxes
+from utils.images import ImageReadError, read_image
+from utils.letterbox import letterbox
+from utils.nms import non_max_suppression
+
+
+@dataclass
+class ImageMeta:
+    """Where a batch row came from and how it was letterboxed."""
+
+    index: int
+    shape: Tuple[int, int]  # original (height, width); (0, 0) when unreadable
+    ratio: Tuple[float, float]
+    pad: Tuple[float, float]
+    error: Optional[str] = None
+
+
+class LetterboxedImages(Dataset):
+    """Images by path, letterboxed to a square of `size`; an unreadable file gives a blank image and an error."""
+
+    def __init__(self, paths: Sequence[Path], size: int):
+        self.paths, self.size = list(paths), size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        try:
+            img = read_image(self.paths[index])
+        except ImageReadError as exc:
+            blank = torch.zeros((3, self.size, self.size), dtype=torch.uint8)
+            return blank, ImageMeta(index, (0, 0), (1.0, 1.0), (0.0, 0.0), str(exc))
+        return to_tensor_and_meta(img, self.size, index)
+
+
+def to_tensor_and_meta(img: np.ndarray, size: int, index: int = 0):
+    boxed, ratio, pad = letterbox(img, size, auto=False)
+    tensor = torch.from_numpy(np.ascontiguousarray(boxed[..., ::-1].transpose(2, 0, 1)))  # BGR HWC -> RGB CHW
+    return tensor, ImageMeta(index, img.shape[:2], ratio, pad)
+
+
+def collate(items):
+    images, metas = zip(*items)
+    return torch.stack(images), list(metas)
+
+
+class Detector:
+    """A fused model in eval mode on one device; call it with a uint8 batch."""
+
+    def __init__(self, model: DetectionModel, device: torch.device):
+        self.device = device
+        self.model = model.fuse().eval().to(device)
+        self.names = dict(model.names)
+
+    @torch.no_grad()
+    def __call__(self, images_uint8: torch.Tensor):
+        """Returns (decoded (B, N, 5 + nc), raw per-level maps)."""
+        x = images_uint8.to(self.device, non_blocking=True).float().div_(255)
+        return self.model(x)
+
+
+@dataclass
+class BatchOutput:
+    """One forward pass and its NMS: detections in letterboxed-input pixels, with their raw row indices."""
+
+    decoded: torch.Tensor  # (B, N, 5 + nc), on the CPU
+    levels: List[torch.Tensor]  # raw per-level maps, on the device
+    detections: List[torch.Tensor]  # per image (n, 6): x1, y1, x2, y2, score, class
+    indices: List[torch.Tensor]  # per image (n,): rows of `decoded`
+
+
+def detect(detector: Detector, images_uint8: torch.Tensor, metas: List[ImageMeta], conf_thres: float,
+           iou_thres: float, max_det: int) -> BatchOutput:
+    decoded, levels = detector(images_uint8)
+    dets, indices = non_max_suppression(decoded, conf_thres, iou_thres, max_det=max_det, return_indices=True)
+    for i, meta in enumerate(metas):
+        if meta.error is not None:  # a blank stand-in for an unreadable file predicts nothing
+            dets[i], indices[i] = dets[i][:0], indices[i][:0]
+    return BatchOutput(decoded.float().cpu(), levels, [d.float().cpu() for d in dets], [i.cpu() for i in indices])
+
+
+def in_original_pixels(detections: torch.Tensor, meta: ImageMeta) -> np.ndarray:
+    """(n, 6) detections with boxes mapped from the letterboxed input back to the original image."""
+    det = detections.clone()
+    det[:, :4] = unletterbox_boxes(det[:, :4], meta.ratio, meta.pad, meta.shape)
+    return det.numpy()

@@ -1,0 +1,116 @@
+"""Mining algorithms applied to a batch of the shared forward pass: one score per image."""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from utils.inference import BatchOutput, Detector, ImageMeta, detect
+from utils.nms import non_max_suppression
+from ymir.config import MiningConfig
+from ymir.mining import UNREADABLE_SCORE
+from ymir.mining.aldd import aldd_scores, class_weights
+from ymir.mining.cald import (
+    AUGMENTATIONS,
+    Prediction,
+    cald_metric,
+    cald_score,
+    class_distribution,
+    class_vector,
+    image_rng,
+)
+from ymir.mining.uncertainty import ENTROPY_MIN_SCORE, entropy_score, random_scores
+
+
+class Scorer:
+    def score_batch(self, images: torch.Tensor, out: BatchOutput, metas: List[ImageMeta],
+                    keys: Sequence[str]) -> List[float]:
+        raise NotImplementedError
+
+
+class RandomScorer(Scorer):
+    """Scores drawn once for the whole candidate list, so they do not depend on batching."""
+
+    def __init__(self, count: int, seed: int):
+        self.scores = random_scores(count, seed)
+
+    def score_batch(self, images, out, metas, keys):
+        return [float(self.scores[m.index]) for m in metas]
+
+
+class EntropyScorer(Scorer):
+    def __init__(self, iou_thres: float, max_det: int):
+        self.iou_thres, self.max_det = iou_thres, max_det
+
+    def score_batch(self, images, out, metas, keys):
+        dets, indices = non_max_suppression(out.decoded, ENTROPY_MIN_SCORE, self.iou_thres, max_det=self.max_det,
+                                            return_indices=True)
+        return [entropy_score(det[:, 4].numpy(), out.decoded[b, idx, 5:].numpy())
+                for b, (det, idx) in enumerate(zip(dets, indices))]
+
+
+class AlddScorer(Scorer):
+    def __init__(self, weights: Sequence[float], nc: int):
+        self.weights = class_weights(weights, nc)
+
+    def score_batch(self, images, out, metas, keys):
+        size = (images.shape[2], images.shape[3])
+        return aldd_scores(out.levels, size, self.weights).cpu().tolist()
+
+
+class CaldScorer(Scorer):
+    """Reference predictions come from the shared pass; four augmented copies per image with detections are
+    run through the detector in extra passes. Augmentations apply to the letterboxed network input."""
+
+    def __init__(self, detector: Detector, config: MiningConfig, label_histogram: Optional[np.ndarray]):
+        self.detector, self.config = detector, config
+        self.label_histogram = label_histogram
+
+    def _predictions(self, out: BatchOutput, b: int) -> Prediction:
+        det, idx = out.detections[b], out.indices[b]
+        return Prediction(det[:, :4].numpy().astype(np.float64), det[:, 4].numpy().astype(np.float64),
+                          class_distribution(out.decoded[b, idx, 5:].numpy()))
+
+    def score_batch(self, images, out, metas, keys):
+        cfg = self.config
+        references = [self._predictions(out, b) for b in range(len(metas))]
+        jobs = []  # (image row, transformed reference, augmented image)
+        for b, ref in enumerate(references):
+            if len(ref) == 0:
+                continue
+            img = images[b].permute(1, 2, 0).numpy()
+            rng = image_rng(cfg.seed, keys[b])
+            for augment in AUGMENTATIONS:
+                aug_img, aug_boxes = augment(img, ref.boxes, rng)
+                jobs.append((b, Prediction(aug_boxes, ref.scores, ref.probs), aug_img))
+        augmented = []
+        for start in range(0, len(jobs), cfg.batch_size_per_gpu):
+            chunk = jobs[start:start + cfg.batch_size_per_gpu]
+            batch = torch.from_numpy(np.stack([np.ascontiguousarray(j[2].transpose(2, 0, 1)) for j in chunk]))
+            blank = [ImageMeta(0, (0, 0), (1.0, 1.0), (0.0, 0.0))] * len(chunk)
+            aug_out = detect(self.detector, batch, blank, cfg.conf_thres, cfg.iou_thres, cfg.max_det)
+            augmented += [self._predictions(aug_out, i) for i in range(len(chunk))]
+        scores = []
+        for b, ref in enumerate(references):
+            pairs = [(job[1], pred) for job, pred in zip(jobs, augmented) if job[0] == b]
+            metric = cald_metric(ref, pairs)
+            vector = class_vector([ref] + [p for _, p in pairs], out.decoded.shape[2] - 5) \
+                if self.label_histogram is not None else None
+            scores.append(cald_score(metric, vector, self.label_histogram))
+        return scores
+
+
+def make_scorer(config: MiningConfig, count: int, detector: Optional[Detector], nc: int,
+                label_histogram: Optional[np.ndarray]) -> Scorer:
+    algorithm = config.mining_algorithm
+    if algorithm == "random":
+        return RandomScorer(count, config.seed)
+    if algorithm == "entropy":
+        return EntropyScorer(config.iou_thres, config.max_det)
+    if algorithm == "aldd":
+        return AlddScorer(config.class_distribution_scores, nc)
+    return CaldScorer(detector, config, label_histogram if config.cald_class_diversity else None)
+
+
+__all__ = ["Scorer", "make_scorer", "UNREADABLE_SCORE"]
