@@ -3,7 +3,7 @@
 `serve` answers commands given as JSON lines on stdin (the tests keep one such process per session);
 otherwise one command from argv prints one JSON object on stdout:
     keys CFGS NCS                         state_dict key -> shape of the original's models
-    checkpoint CFG NC CKPT IO SEED SIZE   a checkpoint saved the original way (classes pickled as models.*,
+    checkpoint CFG NC CKPT IO SEED SIZE [BOOST]  a checkpoint saved the original way (classes pickled as models.*,
                                           fp16, stripped), plus IO: an input batch and the original's eval
                                           outputs for it (plain tensors, computed with the fp16-rounded weights)
 """
@@ -58,9 +58,12 @@ def randomize(model, seed):
                 m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
 
 
-def checkpoint(cfg, nc, ckpt_path, io_path, seed, size):
+def checkpoint(cfg, nc, ckpt_path, io_path, seed, size, objectness_boost="0"):
     model = build(cfg, nc)
     randomize(model, seed)
+    with torch.no_grad():  # a raised objectness prior makes an untrained model find boxes
+        for conv in model.model[-1].m:
+            conv.bias.view(model.model[-1].na, -1)[:, 4] += float(objectness_boost)
     model.names = {i: f"class{i}" for i in range(int(nc))}
     model = model.half().float().eval()  # the weights a stripped fp16 checkpoint holds
     g = torch.Generator().manual_seed(int(seed) + 1)

@@ -1,0 +1,139 @@
+"""Mining and inference tasks end to end through start.py, read back by YMIR's own code."""
+import hashlib
+import json
+
+import pytest
+import torch
+
+from models.yolo import DetectionModel
+from tests.helpers import edit_yaml, oracle, run_start, ymir_cmd
+from utils.checkpoint import save_checkpoint
+from ymir.demo import CLASS_NAMES, make_workdir, write_asset
+from ymir.errors import MODEL_ERROR
+
+CONFIG = {"conf_thres": 0.05, "img_size": 128, "batch_size_per_gpu": 3, "max_det": 30}
+
+
+def eager_model():
+    """An untrained yolov5n whose objectness prior is raised, so that it finds boxes everywhere."""
+    model = DetectionModel("yolov5n", nc=3)
+    with torch.no_grad():
+        for conv in model.detect.m:
+            conv.bias.view(model.detect.na, -1)[:, 4] += 5.0
+    return model
+
+
+def workdir_with_bad_candidates(tmp_path, task, algorithm="entropy", checkpoint="ours"):
+    work = make_workdir(tmp_path / "w", task, num_candidates=6, config=dict(CONFIG, mining_algorithm=algorithm))
+    in_dir = work / "in"
+    good = (in_dir / "candidate-index.tsv").read_text().splitlines()
+    jpeg = (in_dir / good[0][len("/in/"):]).read_bytes()
+    truncated = write_asset(in_dir, jpeg[: len(jpeg) // 3])
+    zero = "/in/assets/00/" + hashlib.sha1(b"").hexdigest() + ".jpg"
+    (in_dir / zero[len("/in/"):]).parent.mkdir(parents=True, exist_ok=True)
+    (in_dir / zero[len("/in/"):]).write_bytes(b"")
+    (in_dir / "candidate-index.tsv").write_text("\n".join(good[:3] + [truncated, zero] + good[3:]) + "\n")
+    weights = in_dir / "models" / "best" / "best.pt"
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    if checkpoint == "ours":
+        torch.manual_seed(0)
+        save_checkpoint(weights, eager_model(), list(CLASS_NAMES))
+    else:
+        oracle("checkpoint", "yolov5n", 3, weights, tmp_path / "io.pt", 0, 128, 5.0)
+    return work, good, [truncated, zero]
+
+
+def check_outputs(work, good, bad, mining=True, infer=True):
+    out = work / "out"
+    everything = good[:3] + bad + good[3:]
+    if mining:
+        lines = [line.split("\t") for line in (out / "result.tsv").read_text().splitlines()]
+        assert sorted(p for p, _ in lines) == sorted(everything)
+        scores = {p: float(s) for p, s in lines}
+        assert all(scores[b] == -1.0 for b in bad) and all(scores[g] >= 0 for g in good)
+        assert [p for p, _ in lines][-2:] == bad  # lowest, in input order
+        assert [float(s) for _, s in lines] == sorted((float(s) for _, s in lines), reverse=True)
+    if infer:
+        detection = json.loads((out / "infer-result.json").read_text())["detection"]
+        assert sorted(detection) == sorted(p.rsplit("/", 1)[1] for p in everything)
+        assert all(detection[b.rsplit("/", 1)[1]] == {"boxes": []} for b in bad)
+        boxes = [b for image in detection.values() for b in image["boxes"]]
+        assert boxes and all(isinstance(v, int) for b in boxes for v in b["box"].values())
+        assert {b["class_name"] for b in boxes} <= set(CLASS_NAMES)
+
+
+@pytest.mark.parametrize("algorithm", ["entropy", "aldd", "cald", "random"])
+def test_mining_plus_inference(tmp_path, algorithm):
+    work, good, bad = workdir_with_bad_candidates(tmp_path, "mining+infer", algorithm)
+    result = run_start(work)
+    assert result.returncode == 0, result.output[-3000:]
+    check_outputs(work, good, bad)
+    assert "2 candidate image(s) could not be read" in result.output
+    assert result.monitor_fields[2:4] == ["1.0000", "2"]
+    for version in ("2.0.0", "2.3.0"):
+        ids = [p.rsplit("/", 1)[1].split(".")[0] for p in good + bad]
+        topk = ymir_cmd(version, "topk", work / "out" / "result.tsv", 3)
+        assert topk["ok"] and len(topk["ids"]) == 3 and not set(topk["ids"]) & {ids[-1], ids[-2]}
+        spec = work / "spec.json"
+        spec.write_text(json.dumps({"class_names": list(CLASS_NAMES), "asset_ids": ids}))
+        read = ymir_cmd(version, "infer", work / "out", spec)
+        assert read["ok"], read.get("trace")
+        assert sum(len(v) for v in read["images"].values()) > 0
+
+
+def test_results_are_deterministic(tmp_path):
+    work, _, _ = workdir_with_bad_candidates(tmp_path, "mining+infer", "cald")
+    assert run_start(work).returncode == 0
+    first = [(work / "out" / f).read_bytes() for f in ("result.tsv", "infer-result.json")]
+    for f in ("result.tsv", "infer-result.json"):
+        (work / "out" / f).unlink()
+    assert run_start(work).returncode == 0
+    assert first == [(work / "out" / f).read_bytes() for f in ("result.tsv", "infer-result.json")]
+
+
+def test_official_checkpoint_runs_inference(tmp_path):
+    work, good, bad = workdir_with_bad_candidates(tmp_path, "infer", checkpoint="official")
+    result = run_start(work)
+    assert result.returncode == 0, result.output[-3000:]
+    check_outputs(work, good, bad, mining=False)
+    assert "(yolov5, 3 classes)" in result.output
+
+
+def test_random_mining_needs_no_model(tmp_path):
+    work = make_workdir(tmp_path / "w", "mining", num_candidates=5, config={"mining_algorithm": "random", "seed": 4})
+    result = run_start(work)
+    assert result.returncode == 0, result.output[-2000:]
+    assert len((work / "out" / "result.tsv").read_text().splitlines()) == 5
+
+
+def test_missing_weights_is_a_model_error(tmp_path):
+    work = make_workdir(tmp_path / "w", "infer", num_candidates=2)
+    (work / "in" / "models" / "notes.txt").write_text("no weights here")
+    result = run_start(work)
+    fields = result.monitor_fields
+    assert result.returncode != 0 and fields[3:5] == ["4", str(MODEL_ERROR)]
+    assert "no model weights" in fields[5] and "notes.txt" in fields[5]
+
+
+def test_malicious_weights_are_refused(tmp_path):
+    work = make_workdir(tmp_path / "w", "infer", num_candidates=2)
+    marker = tmp_path / "pwned"
+
+    class Bomb:
+        def __reduce__(self):
+            import os
+
+            return (os.system, (f"touch {marker}",))
+
+    (work / "in" / "models" / "best").mkdir(parents=True)
+    torch.save({"model": Bomb()}, str(work / "in" / "models" / "best" / "best.pt"))
+    result = run_start(work)
+    assert result.returncode != 0 and result.monitor_fields[3:5] == ["4", str(MODEL_ERROR)]
+    assert "refused" in result.last_lines[-1] and not marker.exists()
+
+
+def test_class_names_that_do_not_fit_the_model(tmp_path):
+    work, _, _ = workdir_with_bad_candidates(tmp_path, "infer")
+    edit_yaml(work / "in" / "config.yaml", class_names=["a", "b"])
+    result = run_start(work)
+    assert result.monitor_fields[3:5] == ["4", str(MODEL_ERROR)] and "3 classes" in result.last_lines[-1]
