@@ -110,7 +110,43 @@ def letterbox(io_path, size, auto):
     return {"images": len(results)}
 
 
-COMMANDS = {"keys": keys, "checkpoint": checkpoint, "nms": nms, "letterbox": letterbox}
+def loss(io_path, cfg, nc):
+    """IO holds `preds` (raw level maps), `targets` and `hyp`; adds the original's loss and components."""
+    from yolov5.utils.loss import ComputeLoss
+
+    io = torch.load(io_path, weights_only=True)
+    model = build(cfg, nc)
+    model.hyp = dict(io["hyp"])
+    total, items = ComputeLoss(model)([p.clone() for p in io["preds"]], io["targets"].clone())
+    io["loss"], io["items"] = total.detach(), items
+    torch.save(io, io_path)
+    return {"loss": float(total)}
+
+
+def metrics(io_path):
+    """IO holds `detections` and `labels` per image (val.py's layout); adds matches and ap_per_class results."""
+    import numpy as np
+    from yolov5.utils.metrics import ap_per_class
+    from yolov5.val import process_batch
+
+    io = torch.load(io_path, weights_only=True)
+    iouv = torch.linspace(0.5, 0.95, 10)
+    stats, correct_all = [], []
+    for det, labels in zip(io["detections"], io["labels"]):
+        correct = process_batch(det, labels, iouv) if len(det) else torch.zeros(0, 10, dtype=torch.bool)
+        correct_all.append(correct)
+        stats.append((correct, det[:, 4], det[:, 5], labels[:, 0]))
+    stats = [torch.cat(x, 0).numpy() for x in zip(*stats)]
+    tp, fp, p, r, f1, ap, classes = ap_per_class(*stats, names={i: str(i) for i in range(100)})
+    io["correct"] = correct_all
+    io["ap_per_class"] = {k: torch.from_numpy(np.asarray(v, dtype=np.float64)) for k, v in
+                          dict(tp=tp, fp=fp, p=p, r=r, f1=f1, ap=ap, classes=classes).items()}
+    torch.save(io, io_path)
+    return {"map50": float(ap[:, 0].mean()), "map": float(ap.mean())}
+
+
+COMMANDS = {"loss": loss, "metrics": metrics, "keys": keys, "checkpoint": checkpoint, "nms": nms,
+            "letterbox": letterbox}
 
 def serve():
     """One JSON list [command, *args] per input line -> one JSON result per output line (imports paid once)."""
