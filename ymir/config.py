@@ -136,6 +136,9 @@ class TrainingConfig:
             shlex.split(self.args_options)
         except ValueError as exc:
             raise ConfigError(f"config key 'args_options' = {self.args_options!r} cannot be split: {exc}") from None
+        from ymir.train_options import parse_args_options
+
+        parse_args_options(self.args_options)
         from models.activations import activation_names, resolve_activation
 
         try:

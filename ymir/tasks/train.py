@@ -1,22 +1,203 @@
-"""Training task: YMIR dataset in, model stages out."""
+"""Training task: YMIR dataset in, model stages out (`best` always, `epoch_N` on request)."""
 from __future__ import annotations
 
+import datetime
 import logging
+import os
+import re
+import time
+from pathlib import Path
+from typing import List, Optional, Tuple
 
+import torch.distributed as dist
+
+from models.yolo import DetectionModel, architecture
+from utils.checkpoint import Checkpoint, CheckpointError, read_checkpoint, save_checkpoint, transfer_weights
+from utils.export import ExportError, export_onnx
+from utils.metrics import DetectionMetrics
+from utils.train_data import class_histogram
+from utils.trainer import EpochReport, NonFiniteLossError, TrainSettings, distributed, train
+from utils.validate import VAL_CONF, summary_line
+from ymir.config import TrainingConfig
 from ymir.context import TaskContext
 from ymir.dataset import read_split
-from ymir.errors import ConfigError, ExecutorError
+from ymir.devices import select_device
+from ymir.errors import ConfigError, ModelError, NanLossError
+from ymir.results import ModelStageWriter
+from ymir.train_options import TrainOptions, parse_args_options
+from ymir.training_report import TrainingReport
+from ymir.weights import load_checkpoint
 
 LOG = logging.getLogger(__name__)
+WEIGHTS_DIR_ENV = "YOLOV5_WEIGHTS_DIR"  # where the image keeps the official weights, <model>.pt
+DEFAULT_WEIGHTS_DIR = "/app/weights"
+EVALUATE_CONFIG = {"iou_thr": 0.5, "conf_thr": VAL_CONF}
 
 
 def run_training(ctx: TaskContext) -> None:
-    platform, env = ctx.config.platform, ctx.env
+    cfg, platform, env = ctx.config.training, ctx.config.platform, ctx.env
+    options = parse_args_options(cfg.args_options)
+    rank, world = distributed()
+    if len(platform.gpu_ids) > 1 and world == 1:
+        from ymir.launch import run_distributed
+
+        run_distributed(ctx)
+        return
     if env.training_index_file is None or env.val_index_file is None:
         raise ConfigError("env.yaml names no training_index_file / val_index_file for a training task")
+    device = select_device(platform.gpu_ids)
+    if world > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(minutes=10))
+    names = list(platform.class_names)
     fmt = platform.annotation_format
-    train, _ = read_split(env.training_index_file, platform.class_names, fmt, ctx.mapper, "train")
-    val, _ = read_split(env.val_index_file, platform.class_names, fmt, ctx.mapper, "val")
-    LOG.info("dataset ready: %d train and %d val images, %d classes", len(train), len(val), len(platform.class_names))
-    ctx.monitor.progress(0.01, force=True)
-    raise ExecutorError("the dataset was read, but this build has no training engine yet: stopping here")
+    train_samples, _ = read_split(env.training_index_file, names, fmt, ctx.mapper, "train")
+    val_samples, _ = read_split(env.val_index_file, names, fmt, ctx.mapper, "val")
+    model, origin = build_training_model(cfg, env.models_dir, platform.pretrained_model_params, len(names))
+    img_size = _fit_to_stride(cfg.img_size, model.max_stride)
+    LOG.info("training %s (%s) on %d images, validating on %d, %d classes, %d epochs at %d px, batch %d x %d, %s",
+             cfg.model, origin, len(train_samples), len(val_samples), len(names), cfg.epochs, img_size,
+             cfg.batch_size_per_gpu, world, device)
+    settings = TrainSettings(
+        epochs=cfg.epochs, batch_size=cfg.batch_size_per_gpu, img_size=img_size, hyp=options.hyp, device=device,
+        optimizer=options.optimizer, cos_lr=options.cos_lr, multi_scale=options.multi_scale, freeze=options.freeze,
+        patience=options.patience, seed=options.seed, workers=min(cfg.num_workers_per_gpu, os.cpu_count() or 1),
+        sync_bn=cfg.sync_bn, single_cls=options.single_cls, rect=options.rect, autoanchor=options.autoanchor,
+        cache=options.cache is not None)
+    saver = StageSaver(env.output.models_dir, cfg, names, img_size, options, class_histogram(train_samples,
+                                                                                             len(names)))
+    report = TrainingReport(env.output.tensorboard_dir, names) if rank == 0 else None
+
+    def on_epoch(epoch: EpochReport, best: DetectionMetrics, ema_model) -> bool:
+        report.epoch(epoch)
+        saver.epoch_end(epoch, ema_model)
+        return True
+
+    progress = ctx.monitor.span(0.01, 0.99)
+    try:
+        train(model, train_samples, val_samples, settings, on_epoch, progress)
+    except NonFiniteLossError as exc:
+        raise NanLossError(str(exc)) from None
+    finally:
+        if report:
+            report.close()
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+    if rank == 0:
+        saver.finish()
+
+
+def _fit_to_stride(img_size: int, stride: int) -> int:
+    fitted = -(-img_size // stride) * stride
+    if fitted != img_size:
+        LOG.warning("img_size %d is not a multiple of the model's largest stride %d: using %d", img_size, stride,
+                    fitted)
+    return fitted
+
+
+def bundled_weights(model_name: str) -> Optional[Path]:
+    path = Path(os.environ.get(WEIGHTS_DIR_ENV, DEFAULT_WEIGHTS_DIR)) / f"{model_name}.pt"
+    return path if path.is_file() else None
+
+
+def build_training_model(cfg: TrainingConfig, models_dir: Path, pretrained: Tuple[Path, ...],
+                         nc: int) -> Tuple[DetectionModel, str]:
+    """The model to train and where its weights came from: the user's model, the bundled official weights for
+    `model`, or random initialisation (with a warning)."""
+    ckpt: Optional[Checkpoint] = None
+    origin = "random initialisation"
+    if pretrained:
+        ckpt = load_checkpoint(pretrained, models_dir)
+        origin = f"pretrained model {ckpt.meta.get('path', '')}".strip()
+        arch = ckpt.yaml
+        if _architecture_name(arch) != cfg.model:
+            LOG.warning("the pretrained model's architecture (%s) is used; config model %s is ignored",
+                        _architecture_name(arch) or "custom", cfg.model)
+    else:
+        arch = architecture(cfg.model)
+        path = bundled_weights(cfg.model)
+        if path is not None:
+            try:
+                ckpt = read_checkpoint(path)
+            except CheckpointError as exc:
+                raise ModelError(f"bundled weights for {cfg.model} are unusable: {exc}") from None
+            origin = f"official {cfg.model} weights"
+        else:
+            LOG.warning("no pretrained model and no bundled %s weights (%s/%s.pt): training from RANDOM "
+                        "initialisation, which needs much more data and epochs", cfg.model,
+                        os.environ.get(WEIGHTS_DIR_ENV, DEFAULT_WEIGHTS_DIR), cfg.model)
+    arch = {k: v for k, v in arch.items() if k in ("nc", "depth_multiple", "width_multiple", "anchors", "backbone",
+                                                    "head")}
+    model = DetectionModel(arch, nc=nc, activation=cfg.activation)
+    if ckpt is not None:
+        if ckpt.activation.lower() != cfg.activation.lower():
+            LOG.warning("weights were trained with %s; the model is built with %s as configured", ckpt.activation,
+                        cfg.activation)
+        copied, total = transfer_weights(model, ckpt.state_dict)
+        origin += f", {copied}/{total} tensors transferred"
+    return model, origin
+
+
+def _architecture_name(arch: dict) -> Optional[str]:
+    for name in ("yolov5n", "yolov5s", "yolov5m", "yolov5l", "yolov5x", "yolov5n6", "yolov5s6", "yolov5m6",
+                 "yolov5l6", "yolov5x6"):
+        ref = architecture(name)
+        if all(ref[k] == arch.get(k) for k in ("depth_multiple", "width_multiple", "backbone", "head")):
+            return name
+    return None
+
+
+class StageSaver:
+    """Writes the `best` stage as soon as a new best appears, and `epoch_N` stages every save_period epochs."""
+
+    def __init__(self, models_dir: Path, cfg: TrainingConfig, names: List[str], img_size: int,
+                 options: TrainOptions, histogram: List[int]):
+        self.writer = ModelStageWriter(models_dir, EVALUATE_CONFIG)
+        self.cfg, self.names, self.img_size = cfg, names, img_size
+        self.meta = {"img_size": img_size, "class_histogram": histogram, "hyp": dict(options.hyp),
+                     "model": cfg.model}
+        self.patterns = [re.compile(p) for p in cfg.saved_file_patterns]
+        self.best: Optional[Tuple[int, DetectionMetrics]] = None
+
+    def _keep(self, files: List[str]) -> List[str]:
+        return [f for f in files if not self.patterns or any(p.search(f) for p in self.patterns)]
+
+    @staticmethod
+    def metrics(m: DetectionMetrics) -> dict:
+        return {"mAP": m.map50, "mAR": m.recall, "mAP50_95": m.map50_95, "precision": m.precision,
+                "tp": m.tp, "fp": m.fp, "fn": m.fn}
+
+    def _save(self, stage: str, stem: str, model, epoch: int, m: DetectionMetrics, onnx: bool, best: bool) -> None:
+        folder = self.writer.stage_dir(stage)
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = dict(self.meta, epoch=epoch + 1, metrics=self.metrics(m))
+        save_checkpoint(folder / f"{stem}.pt", model, self.names, epoch=epoch + 1, meta=meta)
+        files = [f"{stem}.pt"]
+        if onnx:
+            tmp = folder / f".{stem}.onnx.tmp"
+            try:
+                export_onnx(model, tmp, self.img_size, self.cfg.opset)
+                tmp.replace(folder / f"{stem}.onnx")
+                files.append(f"{stem}.onnx")
+            except ExportError as exc:
+                LOG.error("stage %s is saved without ONNX: %s", stage, exc)
+                tmp.unlink(missing_ok=True)
+        self.writer.add(stage, self._keep(files), self.metrics(m), best=best, timestamp=int(time.time()))
+
+    def epoch_end(self, report: EpochReport, ema_model) -> None:
+        if report.best:
+            self.best = (report.epoch, report.metrics)
+            self._save("best", "best", ema_model, report.epoch, report.metrics, onnx=True, best=True)
+        number = report.epoch + 1
+        if not self.cfg.save_best_only and number % self.cfg.save_period == 0:
+            self._save(f"epoch_{number}", f"epoch_{number}", ema_model, report.epoch, report.metrics, onnx=False,
+                       best=False)
+
+    def finish(self) -> None:
+        if self.best is None:
+            raise ModelError("training ended before any epoch was validated: no model was saved")
+        epoch, m = self.best
+        LOG.info("best model: epoch %d, %s", epoch + 1, summary_line(m))
+        LOG.info("model stages: %s (best stage %s in %s)", sorted(self.writer.stages), self.writer.best_stage_name,
+                 self.writer.models_dir / "result.yaml")
+

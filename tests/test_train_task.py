@@ -1,0 +1,118 @@
+"""Training through start.py on tiny generated datasets: stages YMIR accepts, each weights origin, reports."""
+import csv
+
+import pytest
+import torch
+import yaml
+
+from models.yolo import DetectionModel
+from tests.helpers import edit_yaml, oracle, run_start, ymir_cmd
+from utils.checkpoint import read_checkpoint, save_checkpoint
+from ymir.demo import CLASS_NAMES, make_workdir
+from ymir.errors import CONFIG_ERROR, MODEL_ERROR
+
+FAST = {"epochs": 2, "img_size": 96, "batch_size_per_gpu": 8, "num_workers_per_gpu": 0}
+
+
+def training_workdir(tmp_path, **config):
+    return make_workdir(tmp_path / "w", "training", num_train=12, num_val=6, image_size=(96, 128),
+                        config=dict(FAST, **config))
+
+
+def test_training_writes_stages_the_platform_packs(tmp_path):
+    work = training_workdir(tmp_path)
+    result = run_start(work)
+    assert result.returncode == 0, result.output[-3000:]
+    out = work / "out"
+    data = yaml.safe_load((out / "models" / "result.yaml").read_text())
+    assert data["best_stage_name"] == "best" and list(data["model_stages"]) == ["best"]
+    best = data["model_stages"]["best"]
+    assert best["files"] == ["best.pt", "best.onnx"] and 0.0 <= best["mAP"] <= 1.0
+    assert isinstance(best["mAP"], float) and isinstance(best["tp"], int)
+    assert data["evaluate_config"] == {"iou_thr": 0.5, "conf_thr": 0.001}
+    ckpt = read_checkpoint(out / "models" / "best" / "best.pt")
+    assert ckpt.names == list(CLASS_NAMES) and ckpt.epoch in (1, 2)
+    assert all(v.dtype == torch.float16 for v in torch.load(str(out / "models" / "best" / "best.pt"),
+                                                             weights_only=True)["state_dict"].values()
+               if v.is_floating_point())
+    assert sum(ckpt.meta["class_histogram"]) > 0
+    for version in ("2.0.0", "2.3.0"):
+        packed = ymir_cmd(version, "pack", out, tmp_path / f"pack-{version}")
+        assert packed["ok"], packed.get("trace")
+        assert packed["unpacked"]["best"] == ["best/best.onnx", "best/best.pt", "ymir-info.yaml"]
+    rows = list(csv.DictReader((out / "tensorboard" / "results.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert result.monitor_fields[2:4] == ["1.0000", "2"]
+    assert "random initialisation" in result.output.lower()
+    assert "best model: epoch" in result.output
+
+
+def test_epoch_stages_when_not_best_only(tmp_path):
+    work = training_workdir(tmp_path, save_best_only=False, save_period=1, epochs=3)
+    result = run_start(work)
+    assert result.returncode == 0, result.output[-3000:]
+    data = yaml.safe_load((work / "out" / "models" / "result.yaml").read_text())
+    assert sorted(data["model_stages"]) == ["best", "epoch_1", "epoch_2", "epoch_3"]
+    assert data["model_stages"]["epoch_2"]["files"] == ["epoch_2.pt"]
+    assert (work / "out" / "models" / "epoch_3" / "epoch_3.pt").is_file()
+
+
+def test_pretrained_model_from_the_platform(tmp_path):
+    work = training_workdir(tmp_path, epochs=1)
+    weights = work / "in" / "models" / "best" / "best.pt"
+    weights.parent.mkdir(parents=True)
+    save_checkpoint(weights, DetectionModel("yolov5s", nc=3), list(CLASS_NAMES))
+    edit_yaml(work / "in" / "config.yaml", pretrained_model_params=["/in/models/best/best.pt"], model="yolov5n")
+    result = run_start(work)
+    assert result.returncode == 0, result.output[-3000:]
+    assert "the pretrained model's architecture (yolov5s) is used" in result.output
+    assert "transferred 348/349 tensors" in result.output  # everything but the anchors, which come from the yaml
+    assert read_checkpoint(work / "out" / "models" / "best" / "best.pt").state_dict[
+        "model.0.conv.weight"].shape[0] == 32  # yolov5s width
+
+
+def test_bundled_official_weights(tmp_path):
+    work = training_workdir(tmp_path, epochs=1)
+    bundled = tmp_path / "weights"
+    bundled.mkdir()
+    oracle("checkpoint", "yolov5n", 80, bundled / "yolov5n.pt", tmp_path / "io.pt", 0, 64)
+    result = run_start(work, extra_env={"YOLOV5_WEIGHTS_DIR": str(bundled)})
+    assert result.returncode == 0, result.output[-3000:]
+    assert "official yolov5n weights" in result.output
+    # all but the anchors and the class-dependent head convolutions (3 weights + 3 biases)
+    assert "transferred 342/349 tensors" in result.output
+
+
+def test_unusable_pretrained_model_is_a_model_error(tmp_path):
+    work = training_workdir(tmp_path)
+    (work / "in" / "models" / "best").mkdir(parents=True)
+    (work / "in" / "models" / "best" / "best.pt").write_bytes(b"garbage")
+    edit_yaml(work / "in" / "config.yaml", pretrained_model_params=["/in/models/best/best.pt"])
+    result = run_start(work)
+    assert result.monitor_fields[3:5] == ["4", str(MODEL_ERROR)]
+
+
+@pytest.mark.parametrize("options,needle", [
+    ("--exist-ok --project /tmp/x", "--project"),
+    ("--evolve 300", "--evolve"),
+    ("--optimizer Lion", "--optimizer"),
+    ("--hyp lr0=fast", "lr0"),
+])
+def test_bad_args_options_are_rejected_by_name(tmp_path, options, needle):
+    work = training_workdir(tmp_path, args_options=options)
+    result = run_start(work)
+    assert result.monitor_fields[3:5] == ["4", str(CONFIG_ERROR)]
+    assert needle in result.last_lines[-1] and "args_options" in result.last_lines[-1]
+
+
+def test_training_learns_an_easy_dataset(tmp_path):
+    """A real learning check: large high-contrast shapes, from random initialisation, a few minutes of CPU."""
+    work = make_workdir(tmp_path / "w", "training", num_train=192, num_val=16, image_size=(128, 128), seed=3,
+                        config={"epochs": 12, "img_size": 128, "batch_size_per_gpu": 16, "num_workers_per_gpu": 1,
+                                "model": "yolov5n", "args_options": "--hyp warmup_epochs=0 mosaic=0 lr0=0.02"})
+    result = run_start(work)
+    assert result.returncode == 0, result.output[-3000:]
+    best = yaml.safe_load((work / "out" / "models" / "result.yaml").read_text())["model_stages"]["best"]
+    first = float(list(csv.DictReader((work / "out" / "tensorboard" / "results.csv").open()))[0]["metrics/mAP_0.5"])
+    assert best["mAP"] > 0.2 and best["mAP"] > 5 * first, (first, best["mAP"])

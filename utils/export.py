@@ -1,0 +1,56 @@
+"""ONNX export at the trained image size, verified by running it in onnxruntime against the torch model."""
+from __future__ import annotations
+
+import copy
+import inspect
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.yolo import DetectionModel
+
+LOG = logging.getLogger(__name__)
+TOLERANCE = 1e-3  # decoded outputs are in pixels (up to the image size): 1e-3 px is far below rounding
+
+
+class ExportError(Exception):
+    pass
+
+
+def export_onnx(model: DetectionModel, path: Path, img_size: int, opset: int, dynamic_batch: bool = False) -> Path:
+    """Write `path` (input `images` 1x3xSxS float 0-1, output `output0` decoded rows) and check it."""
+    model = copy.deepcopy(model).float().cpu().eval().fuse()
+    model.detect.export = True
+    dummy = torch.rand(1, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
+    kwargs = dict(opset_version=opset, input_names=["images"], output_names=["output0"], do_constant_folding=True)
+    if dynamic_batch:
+        kwargs["dynamic_axes"] = {"images": {0: "batch"}, "output0": {0: "batch"}}
+    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
+        kwargs["dynamo"] = False  # the TorchScript exporter: stable graphs for every opset we allow
+    try:
+        with torch.no_grad():
+            torch.onnx.export(model, (dummy,), str(path), **kwargs)
+        verify_onnx(model, path, dummy)
+    except ExportError:
+        raise
+    except Exception as exc:
+        raise ExportError(f"ONNX export failed: {type(exc).__name__}: {exc}") from exc
+    return path
+
+
+def verify_onnx(model: DetectionModel, path: Path, sample: torch.Tensor) -> float:
+    import onnx
+    import onnxruntime
+
+    onnx.checker.check_model(onnx.load(str(path)))
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"images": sample.numpy()})[0]
+    with torch.no_grad():
+        expected = model(sample).numpy()
+    diff = float(np.abs(got - expected).max())
+    if got.shape != expected.shape or diff > TOLERANCE:
+        raise ExportError(f"ONNX output differs from torch: shape {got.shape} vs {expected.shape}, max diff {diff}")
+    LOG.info("ONNX model %s verified in onnxruntime (max difference %.2e)", path, diff)
+    return diff
