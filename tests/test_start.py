@@ -73,11 +73,15 @@ def test_failure_monitor_is_read_by_the_platform(tmp_path):
     assert "img_size" in parsed["state_message"]
 
 
-def test_dataset_summary_then_honest_stop_until_training_lands(tmp_path):
-    work = make_workdir(tmp_path, "training", num_train=4, num_val=2)
+def test_broken_image_costs_that_image_and_training_goes_on(tmp_path):
+    work = make_workdir(tmp_path, "training", num_train=4, num_val=2, config={"epochs": 1, "img_size": 64})
+    first_image = (work / "in" / "train-index.tsv").read_text().splitlines()[0].split("\t")[0]
+    (work / "in" / first_image[len("/in/"):]).write_bytes(b"not a jpeg")
     result = run_start(work)
-    assert "train split" in result.output and "4 images read" in result.output
-    assert result.returncode != 0 and "no training engine yet" in result.last_lines[-1]
+    assert result.returncode == 0, result.output[-2000:]
+    assert "3 images read" in result.output and "skipped image reasons: not a readable image x1" in result.output
+    assert result.monitor_fields[2:4] == ["1.0000", "2"]
+    assert (work / "out" / "models" / "result.yaml").is_file()
 
 
 def test_no_child_process_outlives_a_failure(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,9 @@ def export_onnx(model: DetectionModel, path: Path, img_size: int, opset: int, dy
     if "dynamo" in inspect.signature(torch.onnx.export).parameters:
         kwargs["dynamo"] = False  # the TorchScript exporter: stable graphs for every opset we allow
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # torch >= 2.9 calls the TorchScript exporter legacy; it is the one every supported torch shares
+            warnings.simplefilter("ignore", DeprecationWarning)
             torch.onnx.export(model, (dummy,), str(path), **kwargs)
         verify_onnx(model, path, dummy)
     except ExportError:

@@ -122,7 +122,7 @@ def train(model: DetectionModel, train_samples: Sequence, val_samples: Sequence,
     optimizer = build_optimizer(model, s.optimizer, hyp["lr0"], hyp["momentum"], hyp["weight_decay"])
     lf = lr_lambda(s.epochs, hyp["lrf"], s.cos_lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lf)
-    if world > 1 and s.sync_bn:
+    if world > 1 and s.sync_bn and device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ema = ModelEMA(model) if rank == 0 else None
     net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import traceback
@@ -56,7 +57,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     setup_logging()
     signal.signal(signal.SIGTERM, _raise_system_exit)
     mapper = PathMapper(args.in_dir, args.out_dir)
-    monitor = Monitor(mapper.monitor_file, task_id="unknown-task")
+    # under torchrun only rank 0 reports progress
+    monitor = Monitor(mapper.monitor_file, task_id="unknown-task", enabled=int(os.environ.get("RANK", 0)) == 0)
     try:
         env = load_env(mapper)
         monitor.task_id = env.task_id

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
@@ -16,6 +17,8 @@ import numpy as np
 import yaml
 
 CLASS_NAMES = ("box", "disc", "triangle")
+DEMO_TRAINING = {"epochs": 15, "img_size": 128, "batch_size_per_gpu": 16, "num_workers_per_gpu": 1,
+                 "model": "yolov5n", "args_options": "--hyp warmup_epochs=0 mosaic=0 lr0=0.02"}
 TASKS = ("training", "mining", "infer", "mining+infer")
 
 
@@ -160,8 +163,24 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("root", type=Path)
     parser.add_argument("--task", choices=TASKS, default="training")
     parser.add_argument("--format", choices=("ark", "voc"), default="ark")
+    parser.add_argument("--model", type=Path, help="for mining/infer: the trained stage folder to hand over "
+                                                    "(copied to in/models/<stage>/ as YMIR does)")
     args = parser.parse_args(argv)
-    make_workdir(args.root, args.task, annotation_format=args.format)
+    if args.task == "training":
+        # small images and large shapes, so that a few CPU minutes from scratch give a useful model
+        make_workdir(args.root, "training", num_train=192, num_val=32, image_size=(128, 128), seed=3,
+                     annotation_format=args.format, config=DEMO_TRAINING)
+    else:
+        make_workdir(args.root, args.task, num_candidates=32, image_size=(128, 128), seed=4,
+                     config={"mining_algorithm": "aldd", "img_size": 128})
+        if args.model:
+            stage = args.root / "in" / "models" / args.model.name
+            stage.mkdir(parents=True, exist_ok=True)
+            for f in args.model.iterdir():
+                shutil.copy(f, stage / f.name)
+            (args.root / "in" / "config.yaml").write_text(yaml.safe_dump(dict(
+                yaml.safe_load((args.root / "in" / "config.yaml").read_text()),
+                model_params_path=[f"/in/models/{args.model.name}/{f.name}" for f in sorted(args.model.iterdir())])))
     print(f"demo {args.task} workdir written to {args.root}/in and {args.root}/out")
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 import logging
 import os
 import re
@@ -31,6 +32,7 @@ from ymir.weights import load_checkpoint
 LOG = logging.getLogger(__name__)
 WEIGHTS_DIR_ENV = "YOLOV5_WEIGHTS_DIR"  # where the image keeps the official weights, <model>.pt
 DEFAULT_WEIGHTS_DIR = "/app/weights"
+CPU_PROCESSES_ENV = "YMIR_CPU_PROCESSES"  # CPU runs: train with this many DDP processes (gloo); for testing
 EVALUATE_CONFIG = {"iou_thr": 0.5, "conf_thr": VAL_CONF}
 
 
@@ -38,17 +40,18 @@ def run_training(ctx: TaskContext) -> None:
     cfg, platform, env = ctx.config.training, ctx.config.platform, ctx.env
     options = parse_args_options(cfg.args_options)
     rank, world = distributed()
-    if len(platform.gpu_ids) > 1 and world == 1:
+    processes = len(platform.gpu_ids) if platform.gpu_ids else int(os.environ.get(CPU_PROCESSES_ENV, "1"))
+    if processes > 1 and world == 1:
         from ymir.launch import run_distributed
 
-        run_distributed(ctx)
+        run_distributed(ctx, processes)
         return
     if env.training_index_file is None or env.val_index_file is None:
         raise ConfigError("env.yaml names no training_index_file / val_index_file for a training task")
     device = select_device(platform.gpu_ids)
     if world > 1:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                timeout=datetime.timedelta(minutes=10))
+        # a dead rank ends the group through torchrun; the timeout only bounds rank 0's validation + export
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=3))
     names = list(platform.class_names)
     fmt = platform.annotation_format
     train_samples, _ = read_split(env.training_index_file, names, fmt, ctx.mapper, "train")
@@ -76,6 +79,8 @@ def run_training(ctx: TaskContext) -> None:
     progress = ctx.monitor.span(0.01, 0.99)
     try:
         train(model, train_samples, val_samples, settings, on_epoch, progress)
+        if world > 1:
+            LOG.info("rank %d final weights checksum %s", rank, weights_checksum(model))
     except NonFiniteLossError as exc:
         raise NanLossError(str(exc)) from None
     finally:
@@ -85,6 +90,15 @@ def run_training(ctx: TaskContext) -> None:
             dist.destroy_process_group()
     if rank == 0:
         saver.finish()
+
+
+def weights_checksum(model) -> str:
+    """A short digest of the trainable weights, to compare processes (batch-norm statistics are per process)."""
+    digest = hashlib.sha1()
+    for key, value in sorted(model.named_parameters()):
+        digest.update(key.encode())
+        digest.update(value.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _fit_to_stride(img_size: int, stride: int) -> int:

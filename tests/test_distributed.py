@@ -1,0 +1,84 @@
+"""Several processes on CPU (torchrun + gloo), as several GPUs would run: consistent weights, prompt failure."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import yaml
+
+from tests.helpers import START, make_read_only
+from ymir.demo import make_workdir
+from ymir.processes import descendants
+
+
+def ddp_workdir(tmp_path, epochs):
+    return make_workdir(tmp_path / "w", "training", num_train=16, num_val=6, image_size=(96, 128),
+                        config={"epochs": epochs, "img_size": 96, "batch_size_per_gpu": 4, "num_workers_per_gpu": 0})
+
+
+def start(work, **env):
+    make_read_only(work / "in")
+    return subprocess.Popen([sys.executable, str(START), "--in", str(work / "in"), "--out", str(work / "out")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1", YMIR_CPU_PROCESSES="2", **env))
+
+
+def test_two_processes_train_with_identical_weights(tmp_path):
+    work = ddp_workdir(tmp_path, epochs=2)
+    proc = start(work)
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output[-3000:]
+    checksums = dict(re.findall(r"rank (\d) final weights checksum (\w+)", output))
+    assert set(checksums) == {"0", "1"} and checksums["0"] == checksums["1"]
+    assert "batch 4 x 2" in output
+    data = yaml.safe_load((work / "out" / "models" / "result.yaml").read_text())
+    assert data["model_stages"]["best"]["files"] == ["best.pt", "best.onnx"]
+    assert (work / "out" / "monitor.txt").read_text().strip().split("\t")[2:4] == ["1.0000", "2"]
+
+
+def rank_pid(root_pid, rank):
+    for pid in descendants(root_pid):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read()
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in env and b"start.py" in cmd and b"torch.distributed.run" not in cmd:
+            return pid
+    return None
+
+
+def test_a_killed_rank_fails_the_task_promptly_and_leaves_nothing(tmp_path):
+    work = ddp_workdir(tmp_path, epochs=200)
+    proc = start(work)
+    victim, deadline = None, time.time() + 180
+    while time.time() < deadline and victim is None:
+        monitor = (work / "out" / "monitor.txt").read_text().split("\t")
+        if len(monitor) > 2 and float(monitor[2]) > 0.01:  # training is under way
+            victim = rank_pid(proc.pid, 1)
+        time.sleep(0.5)
+    assert victim is not None, "rank 1 never started training"
+    family = descendants(proc.pid)
+    killed_at = time.time()
+    os.kill(victim, signal.SIGKILL)
+    output, _ = proc.communicate(timeout=120)
+    assert time.time() - killed_at < 60
+    assert proc.returncode != 0
+    fields = (work / "out" / "monitor.txt").read_text().splitlines()[0].split("\t")
+    assert fields[2:4] == ["1.0000", "4"]
+    assert "training process failed" in output.strip().splitlines()[-1]
+    time.sleep(1)
+    alive = [pid for pid in family if _running(pid)]
+    assert not alive, f"left behind: {alive}"
+
+
+def _running(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False

@@ -1,0 +1,57 @@
+"""Several GPUs: the task runs again under torchrun, one process per GPU, and this process supervises.
+
+torchrun stops every rank as soon as one fails; this process then reports rank 0's error (the code it wrote
+to monitor.txt) or the failure of the group, and no rank outlives the task.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from ymir.context import TaskContext
+from ymir.errors import ExecutorError
+from ymir.monitor import STATE_ERROR
+
+LOG = logging.getLogger(__name__)
+START = Path(__file__).resolve().parent.parent / "start.py"
+
+
+def free_port() -> int:
+    """A port the system just gave out on loopback (then released for the rendezvous)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RankFailed(ExecutorError):
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def run_distributed(ctx: TaskContext, processes: int = 0) -> None:
+    processes = processes or len(ctx.config.platform.gpu_ids)
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}", "--nnodes=1",
+               "--master_addr=127.0.0.1", f"--master_port={free_port()}", "--max_restarts=0",
+               str(START), "--in", str(ctx.mapper.in_root), "--out", str(ctx.mapper.out_root)]
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), PYTHONUNBUFFERED="1")
+    LOG.info("starting %d processes: %s", processes, " ".join(command))
+    code = subprocess.call(command, env=env)
+    if code != 0:
+        raise _rank_error(ctx.env.output.monitor_file, code)
+    ctx.monitor.percent = max(ctx.monitor.percent, 0.99)  # rank 0 reported progress; the supervisor finishes
+
+
+def _rank_error(monitor_file: Path, exit_code: int) -> ExecutorError:
+    try:
+        fields = monitor_file.read_text().splitlines()[0].split("\t")
+        if len(fields) >= 6 and fields[3] == str(STATE_ERROR) and not fields[5].startswith("stopped by signal"):
+            return RankFailed(int(fields[4]), fields[5])
+    except (OSError, IndexError, ValueError):
+        pass
+    return ExecutorError(f"a training process failed and the group was stopped (torchrun exit code {exit_code}); "
+                         "see the log above")
