@@ -9,7 +9,14 @@ import torch
 
 from models.yolo import DetectionModel
 from tests.helpers import REPO, oracle
-from utils.checkpoint import CheckpointError, build_model, read_checkpoint, save_checkpoint, transfer_weights
+from utils.checkpoint import (
+    CheckpointError,
+    build_model,
+    load_plain,
+    read_checkpoint,
+    save_checkpoint,
+    transfer_weights,
+)
 
 PARITY_SCRIPT = """
 import sys, torch
@@ -19,11 +26,11 @@ try:
     raise SystemExit("the original YOLOv5 is importable here; this check needs a process without it")
 except ImportError:
     pass
-from utils.checkpoint import read_checkpoint, build_model
+from utils.checkpoint import build_model, load_plain, read_checkpoint
 ckpt = read_checkpoint({ckpt!r})
 assert ckpt.source == "yolov5" and ckpt.names == ["class0", "class1", "class2"], (ckpt.source, ckpt.names)
 model = build_model(ckpt)
-io = torch.load({io!r}, weights_only=True)
+io = load_plain({io!r})
 with torch.no_grad():
     decoded, levels = model(io["input"])
 worst = max([(decoded - io["decoded"]).abs().max().item()]
@@ -94,7 +101,7 @@ def test_our_checkpoint_is_plain_data_and_round_trips(tmp_path):
     model = DetectionModel("yolov5n", nc=2, activation="LeakyReLU")
     path = tmp_path / "ours.pt"
     save_checkpoint(path, model, ["cat", "dog"], epoch=3, meta={"mAP50": 0.5})
-    plain = torch.load(str(path), weights_only=True)  # nothing but plain types inside
+    plain = load_plain(str(path))  # nothing but plain types inside
     assert plain["format"] == "ymir-yolov5" and plain["names"] == ["cat", "dog"]
     assert all(v.dtype in (torch.float16, torch.int64) for v in plain["state_dict"].values())
     ckpt = read_checkpoint(path)

@@ -5,6 +5,7 @@ import torch
 
 from tests.helpers import oracle
 from utils.boxes import box_iou, scale_ratio_pad, unletterbox_boxes, xywh_to_xyxy, xyxy_to_xywh
+from utils.checkpoint import load_plain
 from utils.letterbox import letterbox
 from utils.nms import non_max_suppression
 
@@ -28,7 +29,7 @@ def test_nms_equals_the_original(tmp_path, multi_label, agnostic, conf, iou, max
     io = tmp_path / "io.pt"
     torch.save({"prediction": prediction}, io)
     oracle("nms", io, conf, iou, int(multi_label), int(agnostic), max_det)
-    expected = torch.load(io, weights_only=True)["detections"]
+    expected = load_plain(io)["detections"]
     ours, indices = non_max_suppression(prediction.clone(), conf, iou, multi_label=multi_label, agnostic=agnostic,
                                         max_det=max_det, return_indices=True)
     for mine, theirs, idx, pred in zip(ours, expected, indices, prediction):
@@ -47,7 +48,7 @@ def test_letterbox_equals_the_original(tmp_path):
     torch.save({"images": [torch.from_numpy(i) for i in images]}, io)
     for size, auto in ((320, False), (640, False), (320, True)):
         oracle("letterbox", io, size, int(auto))
-        expected = torch.load(io, weights_only=True)
+        expected = load_plain(io)
         for img, theirs, geometry in zip(images, expected["letterboxed"], expected["geometry"]):
             mine, ratio, pad = letterbox(img, size, auto=auto)
             assert np.array_equal(mine, theirs.numpy())

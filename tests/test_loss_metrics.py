@@ -5,6 +5,7 @@ import torch
 
 from models.yolo import DetectionModel
 from tests.helpers import oracle
+from utils.checkpoint import load_plain
 from utils.hyperparameters import SCRATCH_LOW
 from utils.loss import YoloLoss
 from utils.metrics import MetricAccumulator, ap_per_class, average_precision, match_predictions
@@ -32,7 +33,7 @@ def test_loss_equals_the_original(tmp_path, cfg, nc, hyp_changes):
     io = tmp_path / "io.pt"
     torch.save({"preds": preds, "targets": targets, "hyp": hyp}, io)
     oracle("loss", io, cfg, nc)
-    expected = torch.load(io, weights_only=True)
+    expected = load_plain(io)
     total, items = YoloLoss(model.detect, hyp)([p.clone() for p in preds], targets.clone())
     assert total.item() == pytest.approx(expected["loss"].item(), rel=1e-5)
     torch.testing.assert_close(items, expected["items"], rtol=1e-5, atol=1e-7)
@@ -75,7 +76,7 @@ def test_metrics_equal_the_original(tmp_path, seed):
     io = tmp_path / "io.pt"
     torch.save({"detections": dets, "labels": labels}, io)
     expected_summary = oracle("metrics", io)
-    expected = torch.load(io, weights_only=True)
+    expected = load_plain(io)
     acc = MetricAccumulator(3)
     for det, lab, correct in zip(dets, labels, expected["correct"]):
         assert torch.equal(match_predictions(det, lab), correct)

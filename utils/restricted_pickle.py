@@ -22,6 +22,10 @@ _CALLABLE = {
     ("__builtin__", "frozenset"),
     ("torch", "Size"),
 }
+# Storage classes name a tensor's element type in the persistent ids of torch's zip format; torch >= 1.11
+# resolves them before our find_class is asked, torch 1.10 asks us. They only allocate typed memory.
+_STORAGE_TYPES = {("torch", f"{kind}Storage") for kind in (
+    "Half", "Float", "Double", "BFloat16", "Long", "Int", "Short", "Char", "Byte", "Bool")}
 # Module trees whose classes become inert stand-ins.
 _STAND_IN_PREFIXES = ("models.", "utils.", "yolov5.models.", "yolov5.utils.", "torch.nn.modules.")
 # Pure-data globals found in training checkpoints (numpy scalars for best_fitness, argparse options):
@@ -91,6 +95,10 @@ class Unpickler(pickle.Unpickler):
             return {
                 "OrderedDict": collections.OrderedDict, "set": set, "frozenset": frozenset, "Size": torch.Size,
             }.get(name) or getattr(__import__(module, fromlist=[name]), name)
+        if (module, name) in _STORAGE_TYPES:
+            import torch
+
+            return getattr(torch, name)
         if (module, name) in _OPAQUE_DATA:
             return _opaque
         if module.startswith(_STAND_IN_PREFIXES) and name.isidentifier() and name[:1].isupper():

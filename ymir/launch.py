@@ -1,5 +1,7 @@
 """Several GPUs: the task runs again under torchrun, one process per GPU, and this process supervises.
 
+Training uses DDP; mining and inference shard the candidates and gather the results on rank 0.
+
 torchrun stops every rank as soon as one fails; this process then reports rank 0's error (the code it wrote
 to monitor.txt) or the failure of the group, and no rank outlives the task.
 """
@@ -13,7 +15,7 @@ import sys
 from pathlib import Path
 
 from ymir.context import TaskContext
-from ymir.errors import ExecutorError
+from ymir.errors import UNKNOWN_ERROR, ExecutorError
 from ymir.monitor import STATE_ERROR
 
 LOG = logging.getLogger(__name__)
@@ -47,11 +49,16 @@ def run_distributed(ctx: TaskContext, processes: int = 0) -> None:
 
 
 def _rank_error(monitor_file: Path, exit_code: int) -> ExecutorError:
+    """Rank 0's own diagnosis when it has one (a config, data, model, memory or NaN error); otherwise the group's
+    failure, with what rank 0 saw (often only that a peer went away)."""
+    seen = ""
     try:
         fields = monitor_file.read_text().splitlines()[0].split("\t")
         if len(fields) >= 6 and fields[3] == str(STATE_ERROR) and not fields[5].startswith("stopped by signal"):
-            return RankFailed(int(fields[4]), fields[5])
+            if int(fields[4]) != UNKNOWN_ERROR:
+                return RankFailed(int(fields[4]), fields[5])
+            seen = f"; rank 0 reported: {fields[5]}"
     except (OSError, IndexError, ValueError):
         pass
-    return ExecutorError(f"a training process failed and the group was stopped (torchrun exit code {exit_code}); "
-                         "see the log above")
+    return ExecutorError(f"a process of the task failed and the group was stopped (torchrun exit code {exit_code})"
+                         f"{seen}")

@@ -10,20 +10,20 @@ import time
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-import torch.distributed as dist
-
 from models.yolo import DetectionModel, architecture
 from utils.checkpoint import Checkpoint, CheckpointError, read_checkpoint, save_checkpoint, transfer_weights
 from utils.export import ExportError, export_onnx
 from utils.metrics import DetectionMetrics
 from utils.train_data import class_histogram
-from utils.trainer import EpochReport, NonFiniteLossError, TrainSettings, distributed, train
+from utils.trainer import EpochReport, NonFiniteLossError, TrainSettings, seed_everything, train
 from utils.validate import VAL_CONF, summary_line
 from ymir.config import TrainingConfig
 from ymir.context import TaskContext
 from ymir.dataset import read_split
 from ymir.devices import select_device
+from ymir.distributed import needs_launch, process_group, rank_and_world, wanted_processes
 from ymir.errors import ConfigError, ModelError, NanLossError
+from ymir.launch import run_distributed
 from ymir.results import ModelStageWriter
 from ymir.train_options import TrainOptions, parse_args_options
 from ymir.training_report import TrainingReport
@@ -32,30 +32,30 @@ from ymir.weights import load_checkpoint
 LOG = logging.getLogger(__name__)
 WEIGHTS_DIR_ENV = "YOLOV5_WEIGHTS_DIR"  # where the image keeps the official weights, <model>.pt
 DEFAULT_WEIGHTS_DIR = "/app/weights"
-CPU_PROCESSES_ENV = "YMIR_CPU_PROCESSES"  # CPU runs: train with this many DDP processes (gloo); for testing
 EVALUATE_CONFIG = {"iou_thr": 0.5, "conf_thr": VAL_CONF}
 
 
 def run_training(ctx: TaskContext) -> None:
     cfg, platform, env = ctx.config.training, ctx.config.platform, ctx.env
     options = parse_args_options(cfg.args_options)
-    rank, world = distributed()
-    processes = len(platform.gpu_ids) if platform.gpu_ids else int(os.environ.get(CPU_PROCESSES_ENV, "1"))
-    if processes > 1 and world == 1:
-        from ymir.launch import run_distributed
-
-        run_distributed(ctx, processes)
+    if needs_launch(platform.gpu_ids):
+        run_distributed(ctx, wanted_processes(platform.gpu_ids))
         return
     if env.training_index_file is None or env.val_index_file is None:
         raise ConfigError("env.yaml names no training_index_file / val_index_file for a training task")
     device = select_device(platform.gpu_ids)
-    if world > 1:
-        # a dead rank ends the group through torchrun; the timeout only bounds rank 0's validation + export
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=3))
+    with process_group(device, timeout=datetime.timedelta(hours=3)):
+        _train(ctx, options, device)
+
+
+def _train(ctx: TaskContext, options, device) -> None:
+    cfg, platform, env = ctx.config.training, ctx.config.platform, ctx.env
+    rank, world = rank_and_world()
     names = list(platform.class_names)
     fmt = platform.annotation_format
     train_samples, _ = read_split(env.training_index_file, names, fmt, ctx.mapper, "train")
     val_samples, _ = read_split(env.val_index_file, names, fmt, ctx.mapper, "val")
+    seed_everything(options.seed)  # the random initialisation too: a run is reproducible from its seed
     model, origin = build_training_model(cfg, env.models_dir, platform.pretrained_model_params, len(names))
     img_size = _fit_to_stride(cfg.img_size, model.max_stride)
     LOG.info("training %s (%s) on %d images, validating on %d, %d classes, %d epochs at %d px, batch %d x %d, %s",
@@ -86,8 +86,6 @@ def run_training(ctx: TaskContext) -> None:
     finally:
         if report:
             report.close()
-        if world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
     if rank == 0:
         saver.finish()
 
