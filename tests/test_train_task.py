@@ -115,3 +115,13 @@ def test_training_learns_an_easy_dataset(tmp_path):
     best = yaml.safe_load((work / "out" / "models" / "result.yaml").read_text())["model_stages"]["best"]
     first = float(list(csv.DictReader((work / "out" / "tensorboard" / "results.csv").open()))[0]["metrics/mAP_0.5"])
     assert best["mAP"] > 0.2 and best["mAP"] > 5 * first, (first, best["mAP"])
+
+
+def test_an_opset_this_torch_cannot_write_is_a_config_error_before_training(tmp_path):
+    from utils.export import max_onnx_opset
+
+    work = training_workdir(tmp_path, opset=max_onnx_opset() + 1)
+    result = run_start(work)
+    assert result.monitor_fields[3:5] == ["4", str(CONFIG_ERROR)]
+    assert "'opset'" in result.last_lines[-1] and str(max_onnx_opset()) in result.last_lines[-1]
+    assert "epoch" not in result.output.lower()

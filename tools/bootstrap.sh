@@ -3,6 +3,8 @@
 #   .venv                    the product's Python 3.11 environment (torch CPU/CUDA build, requirements, test tools)
 #   .venvs/ymir-cmd-2.0.0    YMIR's own platform code (PyPI ymir-cmd) on Python 3.8, for the contract tests
 #   .venvs/ymir-cmd-2.3.0
+#   .venvs/floor             Python 3.8 + torch 1.10.2, the oldest pair among the images (Dockerfile.cu111): the
+#                            core tests run there too (tools/test.sh)
 #   .venvs/oracle            the original YOLOv5 v7.0 (PyPI yolov5==7.0.14), a test-only oracle; it shares
 #                            .venv's torch through a .pth file and keeps its own heavy dependency tree apart
 # Re-running it is cheap: existing environments are kept.
@@ -10,6 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TORCH_PINS="torch==2.14.1 torchvision==0.29.1"
+FLOOR_TORCH_PINS="torch==1.10.2 torchvision==0.11.3"  # as in Dockerfile.cu111 (PyPI's build of the same release)
 PYTHON=${PYTHON:-python3}
 
 if [ ! -x .venv/bin/python ]; then
@@ -38,6 +41,12 @@ for version in 2.0.0 2.3.0; do
     "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "tests/contract/ymir-cmd-$version.txt"
   fi
 done
+if [ ! -x .venvs/floor/bin/python ] || ! .venvs/floor/bin/python -c 'import torch, torchvision, cv2, onnxruntime, pytest' 2>/dev/null; then
+  rm -rf .venvs/floor
+  "$PY38" -m venv .venvs/floor
+  .venvs/floor/bin/python -m pip install -q --disable-pip-version-check --no-compile $FLOOR_TORCH_PINS
+  .venvs/floor/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-test.txt
+fi
 if [ ! -x .venvs/oracle/bin/python ] || ! .venvs/oracle/bin/python -c 'import yolov5' 2>/dev/null; then
   rm -rf .venvs/oracle
   "$PYTHON" -m venv .venvs/oracle
@@ -45,4 +54,4 @@ if [ ! -x .venvs/oracle/bin/python ] || ! .venvs/oracle/bin/python -c 'import yo
   .venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' > "$site/zz_product_venv.pth"
   .venvs/oracle/bin/python -m pip install -q --disable-pip-version-check -r tests/oracle-requirements.txt
 fi
-echo "bootstrap: ready (.venv, .venvs/ymir-cmd-2.0.0, .venvs/ymir-cmd-2.3.0, .venvs/oracle)"
+echo "bootstrap: ready (.venv, .venvs/ymir-cmd-2.0.0, .venvs/ymir-cmd-2.3.0, .venvs/floor, .venvs/oracle)"

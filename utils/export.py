@@ -20,6 +20,18 @@ class ExportError(Exception):
     pass
 
 
+def max_onnx_opset() -> int:
+    """The newest opset this torch's TorchScript exporter writes (14 on torch 1.10, 20 on current torch)."""
+    try:
+        from torch.onnx import _constants
+
+        return int(getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", _constants.ONNX_MAX_OPSET))
+    except (ImportError, AttributeError):
+        from torch.onnx import symbolic_helper
+
+        return max(symbolic_helper._onnx_main_opset, *symbolic_helper._onnx_stable_opsets)
+
+
 def export_onnx(model: DetectionModel, path: Path, img_size: int, opset: int, dynamic_batch: bool = False) -> Path:
     """Write `path` (input `images` 1x3xSxS float 0-1, output `output0` decoded rows) and check it."""
     model = copy.deepcopy(model).float().cpu().eval().fuse()

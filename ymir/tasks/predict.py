@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -91,6 +92,7 @@ def _predict_shard(ctx: TaskContext, candidates: Sequence[Tuple[str, object]], c
     loader = DataLoader(shard, batch_size=settings.batch_size_per_gpu, shuffle=False, num_workers=workers,
                         collate_fn=collate, pin_memory=settings.pin_memory and device.type == "cuda")
     results: List[ImageResult] = []
+    started = time.perf_counter()
     progress = ctx.monitor.span(0.0, 0.99)  # only rank 0 writes; its shard stands for the whole
     for images, metas in loader:
         out = detect(detector, images, metas, settings.conf_thres, settings.iou_thres, settings.max_det)
@@ -105,6 +107,9 @@ def _predict_shard(ctx: TaskContext, candidates: Sequence[Tuple[str, object]], c
                                        [Detection(*map(float, row[:5]), int(row[5])) for row in dets],
                                        (meta.shape[1], meta.shape[0])))
         progress(len(results) / max(1, len(shard)))
+    elapsed = time.perf_counter() - started
+    LOG.info("rank %d: %d images in %.2f s (%.2f images/s)", rank, len(results), elapsed,
+             len(results) / max(elapsed, 1e-9))
     return results
 
 

@@ -10,9 +10,11 @@ import time
 from pathlib import Path
 from typing import List, Optional, Tuple
 
+import torch
+
 from models.yolo import DetectionModel, architecture
 from utils.checkpoint import Checkpoint, CheckpointError, read_checkpoint, save_checkpoint, transfer_weights
-from utils.export import ExportError, export_onnx
+from utils.export import ExportError, export_onnx, max_onnx_opset
 from utils.metrics import DetectionMetrics
 from utils.train_data import class_histogram
 from utils.trainer import EpochReport, NonFiniteLossError, TrainSettings, seed_everything, train
@@ -38,6 +40,9 @@ EVALUATE_CONFIG = {"iou_thr": 0.5, "conf_thr": VAL_CONF}
 def run_training(ctx: TaskContext) -> None:
     cfg, platform, env = ctx.config.training, ctx.config.platform, ctx.env
     options = parse_args_options(cfg.args_options)
+    if cfg.opset > max_onnx_opset():  # found now, not after the first epoch
+        raise ConfigError(f"config 'opset' = {cfg.opset}: this image's torch {torch.__version__} exports ONNX "
+                          f"opsets up to {max_onnx_opset()}")
     if needs_launch(platform.gpu_ids):
         run_distributed(ctx, wanted_processes(platform.gpu_ids))
         return

@@ -1,0 +1,252 @@
+"""Mining benchmark: do entropy, aldd and cald pick better images than random, and what does each cost?
+
+A generated pool in the spirit of ../shared/mining.md §4 (4 classes at 55/30/12/3 %, so one rare class; 15 %
+empty images; 20 % hard images with small low-contrast objects), a fixed test split, a seeded initial labelled
+set. Every step runs the executor itself (`start.py`) on YMIR-style /in and /out folders:
+
+  round 0   train YOLOv5n from scratch on the initial set (shared by all methods of a seed)
+  round r   each method mines the unlabelled pool with its current model, the top `budget` images get their
+            labels, and the model is fine-tuned (warm start) on the grown set; mAP@0.5 on the test split
+  proxy     the round-0 model scores the whole pool (labels known): Spearman correlation between the mining
+            score and the per-image detection error FN + FP (IoU 0.5, conf 0.25)
+  speed     images/s of plain inference, of mining with each algorithm, and of mining + inference in one run,
+            from the executor's own timing line (the forward/score loop, without start-up)
+
+    .venv/bin/python bench/mining_bench.py [--seeds 2] [--pool 360] [--rounds 2] [--budget 60]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from ymir.demo import ark_text, env_yaml, write_asset  # noqa: E402
+
+CLASSES = ("disc", "box", "triangle", "star")
+FREQUENCIES = (0.55, 0.30, 0.12, 0.03)
+METHODS = ("random", "entropy", "aldd", "cald")
+SIZE = 160
+TRAIN_OPTIONS = "--hyp warmup_epochs=0 mosaic=0 lr0=0.02"
+
+
+def draw(rng: np.random.Generator):
+    """One image and its boxes (class, x1, y1, x2, y2 inclusive); empty, normal or hard."""
+    img = rng.integers(80, 150, size=(SIZE, SIZE, 3), dtype=np.uint8)
+    img = cv2.GaussianBlur(img, (5, 5), 0)
+    kind = rng.choice(["empty", "hard", "normal"], p=[0.15, 0.20, 0.65])
+    boxes = []
+    count = 0 if kind == "empty" else int(np.clip(rng.poisson(2.0), 1, 5))
+    for _ in range(count):
+        cls = int(rng.choice(len(CLASSES), p=FREQUENCIES))
+        side = int(rng.integers(8, 15) if kind == "hard" else rng.integers(20, 56))
+        x1, y1 = int(rng.integers(0, SIZE - side)), int(rng.integers(0, SIZE - side))
+        x2, y2 = x1 + side - 1, y1 + side - 1
+        if any(min(x2, b[3]) > max(x1, b[1]) and min(y2, b[4]) > max(y1, b[2]) for b in boxes):
+            continue
+        base = int(img[y1:y2 + 1, x1:x2 + 1].mean())
+        colour = tuple(int(np.clip(base + rng.choice([-1, 1]) * rng.integers(25, 45), 0, 255)) for _ in range(3)) \
+            if kind == "hard" else tuple(int(c) for c in rng.integers(0, 90, size=3))
+        cx, cy, r = (x1 + x2) // 2, (y1 + y2) // 2, side // 2
+        if cls == 0:
+            cv2.circle(img, (cx, cy), r, colour, -1)
+        elif cls == 1:
+            cv2.rectangle(img, (x1, y1), (x2, y2), colour, -1)
+        elif cls == 2:
+            cv2.fillPoly(img, [np.array([[cx, y1], [x1, y2], [x2, y2]], np.int32)], colour)
+        else:
+            angles = np.arange(10) * np.pi / 5 - np.pi / 2
+            radii = np.where(np.arange(10) % 2 == 0, r, r * 0.45)
+            points = np.stack([cx + radii * np.cos(angles), cy + radii * np.sin(angles)], 1).astype(np.int32)
+            cv2.fillPoly(img, [points], colour)
+        boxes.append((cls, x1, y1, x2, y2))
+    ok, jpeg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 92])
+    return jpeg.tobytes(), boxes
+
+
+class Task:
+    """A YMIR task folder: /in (assets, annotations, index files, config, env) and /out."""
+
+    def __init__(self, root: Path, kind: str, config: dict):
+        self.root, self.kind = root, kind
+        self.in_dir, self.out = root / "in", root / "out"
+        for d in (self.in_dir / "models", self.in_dir / "annotations", self.out / "models", self.out / "tensorboard"):
+            d.mkdir(parents=True, exist_ok=True)
+        self.config = dict(config, gpu_id="", gpu_count=0, task_id="t" + "0" * 30, class_names=list(CLASSES))
+
+    def add_split(self, name: str, items) -> None:
+        lines = []
+        for jpeg, boxes in items:
+            image = write_asset(self.in_dir, jpeg)
+            sha1 = Path(image).stem
+            anno = self.in_dir / "annotations" / sha1[-2:] / f"{sha1}.txt"
+            anno.parent.mkdir(parents=True, exist_ok=True)
+            anno.write_text(ark_text(boxes))
+            lines.append(f"{image}\t/in/annotations/{sha1[-2:]}/{sha1}.txt\n")
+        (self.in_dir / f"{name}-index.tsv").write_text("".join(lines))
+
+    def add_candidates(self, items) -> list:
+        paths = [write_asset(self.in_dir, jpeg) for jpeg, _ in items]
+        (self.in_dir / "candidate-index.tsv").write_text("".join(p + "\n" for p in paths))
+        return paths
+
+    def add_model(self, stage_dir: Path) -> None:
+        target = self.in_dir / "models" / "best"
+        shutil.copytree(stage_dir, target)
+        key = "pretrained_model_params" if self.kind == "training" else "model_params_path"
+        self.config[key] = [f"/in/models/best/{f.name}" for f in sorted(target.iterdir())]
+
+    def run(self) -> str:
+        (self.in_dir / "config.yaml").write_text(yaml.safe_dump(self.config))
+        (self.in_dir / "env.yaml").write_text(yaml.safe_dump(env_yaml(self.kind, self.config["task_id"])))
+        proc = subprocess.run([str(REPO / ".venv" / "bin" / "python"), str(REPO / "start.py"), "--in", str(self.in_dir),
+                               "--out", str(self.out)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{self.kind} task failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+        return proc.stdout + proc.stderr
+
+
+def train(work: Path, labelled, test, epochs: int, start_from: Path = None):
+    task = Task(work, "training", {"model": "yolov5n", "epochs": epochs, "img_size": SIZE, "batch_size_per_gpu": 16,
+                                   "num_workers_per_gpu": 1, "args_options": TRAIN_OPTIONS, "export_format": "ark:raw"})
+    task.add_split("train", labelled)
+    task.add_split("val", test)
+    if start_from:
+        task.add_model(start_from)
+    task.run()
+    best = yaml.safe_load((task.out / "models" / "result.yaml").read_text())["model_stages"]["best"]
+    return task.out / "models" / "best", float(best["mAP"])
+
+
+def mine(work: Path, model: Path, pool, algorithm: str, infer: bool = False, mining: bool = True):
+    kind = "mining+infer" if (mining and infer) else ("mining" if mining else "infer")
+    config = {"img_size": SIZE, "batch_size_per_gpu": 16, "num_workers_per_gpu": 1, "conf_thres": 0.25}
+    if mining:
+        config.update(mining_algorithm=algorithm, seed=0)
+    task = Task(work, kind, config)
+    paths = task.add_candidates(pool)
+    task.add_model(model)
+    log = task.run()
+    speed = float(re.findall(r"\(([\d.]+) images/s\)", log)[-1])
+    scores = None
+    if mining:
+        by_path = dict(line.split("\t") for line in (task.out / "result.tsv").read_text().splitlines())
+        scores = np.array([float(by_path[p]) for p in paths])
+    detections = json.loads((task.out / "infer-result.json").read_text())["detection"] if infer else None
+    return paths, scores, detections, speed
+
+
+def image_errors(paths, detections, pool) -> np.ndarray:
+    """FN + FP per image at IoU 0.5 (greedy, class-aware) of conf >= 0.25 detections."""
+    errors = []
+    for path, (_, boxes) in zip(paths, pool):
+        found = detections[path.rsplit("/", 1)[1]]["boxes"]
+        found = sorted(found, key=lambda b: -b["score"])
+        truth = [(c, x1, y1, x2 + 1, y2 + 1) for c, x1, y1, x2, y2 in boxes]
+        used, tp = set(), 0
+        for det in found:
+            b = det["box"]
+            dx1, dy1, dx2, dy2 = b["x"], b["y"], b["x"] + b["w"], b["y"] + b["h"]
+            best, best_iou = None, 0.5
+            for i, (c, x1, y1, x2, y2) in enumerate(truth):
+                if i in used or CLASSES[c] != det["class_name"]:
+                    continue
+                inter = max(0, min(x2, dx2) - max(x1, dx1)) * max(0, min(y2, dy2) - max(y1, dy1))
+                iou = inter / ((x2 - x1) * (y2 - y1) + (dx2 - dx1) * (dy2 - dy1) - inter)
+                if iou >= best_iou:
+                    best, best_iou = i, iou
+            if best is not None:
+                used.add(best)
+                tp += 1
+        errors.append((len(truth) - tp) + (len(found) - tp))
+    return np.array(errors, dtype=np.float64)
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    def ranks(x):
+        order = np.argsort(x, kind="stable")
+        r = np.empty(len(x))
+        r[order] = np.arange(len(x))
+        for value in np.unique(x):  # average ranks for ties
+            r[x == value] = r[x == value].mean()
+        return r
+    ra, rb = ranks(a), ranks(b)
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--pool", type=int, default=360)
+    parser.add_argument("--test", type=int, default=120)
+    parser.add_argument("--initial", type=int, default=60)
+    parser.add_argument("--budget", type=int, default=60)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--epochs0", type=int, default=40)
+    parser.add_argument("--epochs", type=int, default=10)
+    args = parser.parse_args()
+    started = time.time()
+    gains = {m: [] for m in METHODS}
+    finals = {m: [] for m in METHODS}
+    correlations = {m: [] for m in METHODS}
+    speeds = {}
+    with tempfile.TemporaryDirectory(prefix="mining-bench-") as tmp:
+        tmp = Path(tmp)
+        for seed in range(args.seeds):
+            rng = np.random.default_rng(100 + seed)
+            pool = [draw(rng) for _ in range(args.pool)]
+            test = [draw(rng) for _ in range(args.test)]
+            initial = set(rng.choice(args.pool, args.initial, replace=False).tolist())
+            model0, map0 = train(tmp / f"s{seed}-r0", [pool[i] for i in sorted(initial)], test, args.epochs0)
+            print(f"seed {seed}: round 0 mAP@0.5 {map0:.4f} ({len(initial)} images)", flush=True)
+            for method in METHODS:
+                paths, scores, detections, speed = mine(tmp / f"s{seed}-proxy-{method}", model0, pool, method,
+                                                        infer=True)
+                correlations[method].append(spearman(scores, image_errors(paths, detections, pool)))
+                if seed == 0:
+                    speeds[f"{method} + inference"] = speed
+                    speeds[f"{method} alone"] = mine(tmp / f"speed-{method}", model0, pool, method)[3]
+            if seed == 0:
+                speeds["inference alone"] = mine(tmp / "speed-infer", model0, pool, "", infer=True, mining=False)[3]
+            for method in METHODS:
+                labelled, model, maps = set(initial), model0, [map0]
+                for r in range(1, args.rounds + 1):
+                    unlabelled = [i for i in range(args.pool) if i not in labelled]
+                    _, scores, _, _ = mine(tmp / f"s{seed}-{method}-m{r}", model, [pool[i] for i in unlabelled],
+                                           method)
+                    order = np.argsort(-scores, kind="stable")[:args.budget]
+                    labelled |= {unlabelled[i] for i in order}
+                    model, m = train(tmp / f"s{seed}-{method}-r{r}", [pool[i] for i in sorted(labelled)], test,
+                                     args.epochs, start_from=model)
+                    maps.append(m)
+                gains[method].append(maps[-1] - map0)
+                finals[method].append(maps[-1])
+                print(f"seed {seed} {method}: mAP@0.5 by round {' -> '.join(f'{m:.4f}' for m in maps)}", flush=True)
+    print(f"\n{args.seeds} seeds, pool {args.pool}, test {args.test}, initial {args.initial}, "
+          f"{args.rounds} rounds of {args.budget}, {time.time() - started:.0f} s\n")
+    print("| method | final mAP@0.5 (mean) | gain over round 0 (mean) | per seed | Spearman(score, FN+FP) |")
+    print("|---|---|---|---|---|")
+    for m in METHODS:
+        print(f"| {m} | {np.mean(finals[m]):.4f} | {np.mean(gains[m]):+.4f} | "
+              f"{', '.join(f'{g:+.4f}' for g in gains[m])} | {np.mean(correlations[m]):+.3f} |")
+    base = speeds["inference alone"]
+    print("\n| run | images/s | cost vs inference |")
+    print("|---|---|---|")
+    for name, value in speeds.items():
+        print(f"| {name} | {value:.1f} | {base / value:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
