@@ -43,11 +43,12 @@ def ours(kind, name, data):
     from utils.loss import YoloLoss
     from utils.optim import build_optimizer
 
-    model.train()
+    model.train().to(memory_format=torch.channels_last)  # as utils/trainer.py trains
     loss_fn = YoloLoss(model.detect, dict(SCRATCH_LOW))
     optimizer = build_optimizer(model, "SGD", 0.01, 0.937, 5e-4)
 
     def step(images):
+        images = images.contiguous(memory_format=torch.channels_last)
         loss, _ = loss_fn(model(images.float() / 255), data["targets"])
         loss.backward()
         optimizer.step()

@@ -57,18 +57,22 @@ def collate(items):
 
 
 class Detector:
-    """A fused model in eval mode on one device; call it with a uint8 batch."""
+    """A fused model in eval mode on one device; call it with a uint8 batch.
+
+    Weights and activations are kept channels-last (NHWC): oneDNN on CPU and cuDNN on GPU run these
+    convolutions 1.1-1.5x faster than in NCHW, with the same results up to float rounding.
+    """
 
     def __init__(self, model: DetectionModel, device: torch.device):
         self.device = device
-        self.model = model.fuse().eval().to(device)
+        self.model = model.fuse().eval().to(device).to(memory_format=torch.channels_last)
         self.names = dict(model.names)
 
     @torch.no_grad()
     def __call__(self, images_uint8: torch.Tensor):
         """Returns (decoded (B, N, 5 + nc), raw per-level maps)."""
-        x = images_uint8.to(self.device, non_blocking=True).float().div_(255)
-        return self.model(x)
+        x = images_uint8.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        return self.model(x.float().div_(255))
 
 
 @dataclass

@@ -23,7 +23,7 @@ def validate(model: torch.nn.Module, loader, device: torch.device, nc: int, half
     examples = []
     total = len(loader)
     for step, (images, labels, metas) in enumerate(loader):
-        x = images.to(device, non_blocking=True)
+        x = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         x = (x.half() if half else x.float()) / 255
         decoded, _ = model(x)
         detections = non_max_suppression(decoded.float(), VAL_CONF, VAL_IOU, multi_label=True, max_det=VAL_MAX_DET)
