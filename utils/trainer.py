@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from models.yolo import DetectionModel
 from utils.autoanchor import check_anchors
 from utils.hyperparameters import NOMINAL_BATCH
+from utils.image_weights import ImageWeightedSampler, class_weights, epoch_class_weights, image_weights
 from utils.loss import YoloLoss
 from utils.metrics import DetectionMetrics
 from utils.optim import ModelEMA, build_optimizer, lr_lambda, unwrap, warmup, warmup_accumulation
@@ -56,6 +57,7 @@ class TrainSettings:
     rect: bool = False
     autoanchor: bool = True
     cache: bool = False
+    image_weights: bool = False
 
 
 @dataclass
@@ -108,7 +110,12 @@ def train(model: DetectionModel, train_samples: Sequence, val_samples: Sequence,
                             rect=s.rect, batch_size=s.batch_size, stride=gs)
     if s.cache:
         train_set.images.cache = {}
-    sampler = DistributedSampler(train_set, shuffle=True, seed=s.seed) if world > 1 else None
+    if s.image_weights:
+        sampler = ImageWeightedSampler(len(train_set), s.seed, rank, world)
+        base_class_weights = class_weights(train_set.samples, nc)
+        per_class_map = None
+    else:
+        sampler = DistributedSampler(train_set, shuffle=True, seed=s.seed) if world > 1 else None
     generator = torch.Generator().manual_seed(s.seed + rank)
     train_loader = DataLoader(train_set, batch_size=s.batch_size, shuffle=sampler is None and not s.rect,
                               sampler=sampler, num_workers=s.workers, collate_fn=collate_train, generator=generator,
@@ -144,6 +151,13 @@ def train(model: DetectionModel, train_samples: Sequence, val_samples: Sequence,
         started = time.time()
         net.train()
         train_set.epoch = epoch
+        if s.image_weights:
+            weights = torch.from_numpy(image_weights(train_set.samples,
+                                                     epoch_class_weights(base_class_weights, per_class_map)))
+            if world > 1:  # rank 0 validated; every rank draws from its weights
+                weights = weights.to(device)
+                dist.broadcast(weights, 0)
+            sampler.set_weights(weights.cpu().numpy())
         if sampler is not None:
             sampler.set_epoch(epoch)
         mean_losses = torch.zeros(3, device=device)
@@ -193,6 +207,10 @@ def train(model: DetectionModel, train_samples: Sequence, val_samples: Sequence,
                                                     progress=val_progress, keep_predictions=4 if epoch == 0 or
                                                     epoch == s.epochs - 1 else 0)
             ema.ema.float()
+            if s.image_weights:
+                per_class_map = np.full(nc, metrics.map50_95)
+                if metrics.per_class is not None:
+                    per_class_map[metrics.per_class.classes.astype(int)] = metrics.per_class.ap.mean(1)
             improved = best is None or metrics.fitness > best.fitness
             if improved:
                 best, best_epoch = metrics, epoch

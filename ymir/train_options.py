@@ -20,7 +20,7 @@ REFUSED = {
     "--img-size": "use the img_size key", "--imgsz": "use the img_size key", "--img": "use the img_size key",
     "--workers": "use the num_workers_per_gpu key", "--sync-bn": "use the sync_bn key",
     "--save-period": "use the save_period key", "--quad": "not supported by this executor",
-    "--image-weights": "not supported by this executor yet", "--bucket": "no network at run time",
+    "--bucket": "no network at run time",
     "--upload_dataset": "no network at run time", "--entity": "no network at run time",
     "--bbox_interval": "no external loggers", "--artifact_alias": "no external loggers",
     "--local_rank": "the executor launches its own processes",
@@ -42,6 +42,7 @@ class TrainOptions:
     hyp: Dict[str, float] = field(default_factory=lambda: dict(SCRATCH_LOW))
     autoanchor: bool = True
     seed: int = 0
+    image_weights: bool = False
 
 
 class _Parser(argparse.ArgumentParser):
@@ -80,16 +81,20 @@ def parse_args_options(text: str) -> TrainOptions:
     parser.add_argument("--hyp", type=_hyp_item, nargs="+", default=[])
     parser.add_argument("--noautoanchor", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--image-weights", action="store_true")
     parser.add_argument("--exist-ok", action="store_true")  # harmless: outputs always go to /out
     args, unknown = parser.parse_known_args(tokens)
     if unknown:
         raise ConfigError(f"config key 'args_options' = {text!r}: unknown {' '.join(unknown)}; accepted: --cos-lr, "
                           "--optimizer, --label-smoothing, --multi-scale, --single-cls, --rect, --cache, --freeze, "
-                          "--patience, --hyp KEY=VALUE, --noautoanchor, --seed, --exist-ok")
+                          "--patience, --hyp KEY=VALUE, --noautoanchor, --seed, --image-weights, --exist-ok")
     if not 0 <= args.label_smoothing < 1:
         raise ConfigError(f"config key 'args_options': --label-smoothing {args.label_smoothing} must be in [0, 1)")
     if args.patience < 1 or min(args.freeze) < 0:
         raise ConfigError(f"config key 'args_options' = {text!r}: --patience must be >= 1 and --freeze >= 0")
+    if args.image_weights and args.rect:
+        raise ConfigError(f"config key 'args_options' = {text!r}: --image-weights draws shuffled batches, --rect "
+                          "needs ordered ones; use one of them")
     hyp = dict(SCRATCH_LOW, **dict(args.hyp))
     for unsupported in ("mixup", "copy_paste"):
         if hyp[unsupported]:
@@ -98,4 +103,5 @@ def parse_args_options(text: str) -> TrainOptions:
     hyp["label_smoothing"] = args.label_smoothing
     freeze = args.freeze[0] if len(args.freeze) == 1 else max(args.freeze) + 1
     return TrainOptions(args.cos_lr, args.optimizer, args.label_smoothing, args.multi_scale, args.single_cls,
-                        args.rect, args.cache, freeze, args.patience, hyp, not args.noautoanchor, args.seed)
+                        args.rect, args.cache, freeze, args.patience, hyp, not args.noautoanchor, args.seed,
+                        args.image_weights)

@@ -71,7 +71,7 @@ def _train(ctx: TaskContext, options, device) -> None:
         optimizer=options.optimizer, cos_lr=options.cos_lr, multi_scale=options.multi_scale, freeze=options.freeze,
         patience=options.patience, seed=options.seed, workers=min(cfg.num_workers_per_gpu, os.cpu_count() or 1),
         sync_bn=cfg.sync_bn, single_cls=options.single_cls, rect=options.rect, autoanchor=options.autoanchor,
-        cache=options.cache is not None)
+        cache=options.cache is not None, image_weights=options.image_weights)
     saver = StageSaver(env.output.models_dir, cfg, names, img_size, options, class_histogram(train_samples,
                                                                                              len(names)))
     report = TrainingReport(env.output.tensorboard_dir, names) if rank == 0 else None
