@@ -95,9 +95,10 @@ def _predict_shard(ctx: TaskContext, candidates: Sequence[Tuple[str, object]], c
     started = time.perf_counter()
     progress = ctx.monitor.span(0.0, 0.99)  # only rank 0 writes; its shard stands for the whole
     for images, metas in loader:
-        out = detect(detector, images, metas, settings.conf_thres, settings.iou_thres, settings.max_det)
-        keys = [candidates[m.index][0] for m in metas]
-        batch_scores = scorer.score_batch(images, out, metas, keys) if scorer else [0.0] * len(metas)
+        with torch.inference_mode():  # no autograd bookkeeping for the forward passes nor the scores
+            out = detect(detector, images, metas, settings.conf_thres, settings.iou_thres, settings.max_det)
+            keys = [candidates[m.index][0] for m in metas]
+            batch_scores = scorer.score_batch(images, out, metas, keys) if scorer else [0.0] * len(metas)
         for b, meta in enumerate(metas):
             if meta.error is not None:
                 results.append(ImageResult(meta.index, UNREADABLE_SCORE, [], (0, 0), meta.error))
