@@ -12,7 +12,7 @@ set. Every step runs the executor itself (`start.py`) on YMIR-style /in and /out
   speed     images/s of plain inference, of mining with each algorithm, and of mining + inference in one run,
             from the executor's own timing line (the forward/score loop, without start-up)
 
-    .venv/bin/python bench/mining_bench.py [--seeds 2] [--pool 360] [--rounds 2] [--budget 60]
+    .venv/bin/python bench/mining_bench.py [--seeds 1] [--pool 360] [--initial 120] [--rounds 2] [--budget 60]
 """
 from __future__ import annotations
 
@@ -189,14 +189,14 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--pool", type=int, default=360)
     parser.add_argument("--test", type=int, default=120)
-    parser.add_argument("--initial", type=int, default=60)
+    parser.add_argument("--initial", type=int, default=120)
     parser.add_argument("--budget", type=int, default=60)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--epochs0", type=int, default=40)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs0", type=int, default=60)
+    parser.add_argument("--epochs", type=int, default=15)
     args = parser.parse_args()
     started = time.time()
     gains = {m: [] for m in METHODS}

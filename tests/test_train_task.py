@@ -113,8 +113,13 @@ def test_training_learns_an_easy_dataset(tmp_path):
     result = run_start(work)
     assert result.returncode == 0, result.output[-3000:]
     best = yaml.safe_load((work / "out" / "models" / "result.yaml").read_text())["model_stages"]["best"]
-    first = float(list(csv.DictReader((work / "out" / "tensorboard" / "results.csv").open()))[0]["metrics/mAP_0.5"])
+    rows = list(csv.DictReader((work / "out" / "tensorboard" / "results.csv").open()))
+    first = float(rows[0]["metrics/mAP_0.5"])
     assert best["mAP"] > 0.2 and best["mAP"] > 5 * first, (first, best["mAP"])
+    # YOLOv5's linear schedule (lrf 0.01) with its one-epoch lag: epoch e trains at lr0 * lf(max(e - 1, 0))
+    lf = [(1 - x / 12) * 0.99 + 0.01 for x in range(12)]
+    expected_lrs = [0.02 * lf[max(e - 1, 0)] for e in range(12)]
+    assert [float(r["x/lr0"]) for r in rows] == pytest.approx(expected_lrs, rel=1e-5)
 
 
 def test_an_opset_this_torch_cannot_write_is_a_config_error_before_training(tmp_path):
@@ -125,3 +130,49 @@ def test_an_opset_this_torch_cannot_write_is_a_config_error_before_training(tmp_
     assert result.monitor_fields[3:5] == ["4", str(CONFIG_ERROR)]
     assert "'opset'" in result.last_lines[-1] and str(max_onnx_opset()) in result.last_lines[-1]
     assert "epoch" not in result.output.lower()
+
+
+def test_best_stage_lists_weights_at_once_and_onnx_of_the_same_model(tmp_path, monkeypatch):
+    """A new best's weights are listed immediately; its ONNX comes at the refresh interval or at the end, and an
+    older best's ONNX is never listed beside newer weights."""
+    import numpy as np
+    import onnxruntime
+
+    import ymir.tasks.train as train_task
+    from utils.metrics import DetectionMetrics
+    from utils.trainer import EpochReport
+    from ymir.config import TrainingConfig
+    from ymir.train_options import TrainOptions
+
+    def report(epoch, map50):
+        return EpochReport(epoch, [0.0] * 3, [0.0] * 3, DetectionMetrics(0.5, 0.5, map50, map50 / 2, 1, 1, 1), True,
+                           1.0)
+
+    def stage():
+        return yaml.safe_load((tmp_path / "result.yaml").read_text())["model_stages"]["best"]
+
+    saver = train_task.StageSaver(tmp_path, TrainingConfig(model="yolov5n"), ["a", "b"], 64, TrainOptions(), [1, 1])
+    torch.manual_seed(0)
+    first, second = DetectionModel("yolov5n", nc=2).eval(), DetectionModel("yolov5n", nc=2).eval()
+
+    saver.epoch_end(report(0, 0.1), first)  # within the refresh interval: weights only
+    assert stage()["files"] == ["best.pt"] and not (tmp_path / "best" / "best.onnx").exists()
+
+    monkeypatch.setattr(train_task, "ONNX_REFRESH_S", 0)
+    saver.epoch_end(report(1, 0.2), first)  # interval passed: weights and ONNX
+    assert stage()["files"] == ["best.pt", "best.onnx"] and stage()["mAP"] == 0.2
+
+    monkeypatch.setattr(train_task, "ONNX_REFRESH_S", 10 ** 6)
+    saver.epoch_end(report(2, 0.3), second)  # the older ONNX goes
+    assert stage()["files"] == ["best.pt"] and not (tmp_path / "best" / "best.onnx").exists()
+
+    saver.finish()  # the end exports the saved best weights
+    assert stage()["files"] == ["best.pt", "best.onnx"] and stage()["mAP"] == 0.3
+    x = torch.rand(1, 3, 64, 64)
+    session = onnxruntime.InferenceSession(str(tmp_path / "best" / "best.onnx"), providers=["CPUExecutionProvider"])
+    saved = read_checkpoint(tmp_path / "best" / "best.pt")
+    model = DetectionModel(saved.yaml, nc=2)
+    model.load_state_dict({k: v.float() for k, v in saved.state_dict.items()})
+    with torch.no_grad():
+        expected = model.eval()(x)[0].numpy()
+    np.testing.assert_allclose(session.run(None, {"images": x.numpy()})[0], expected, atol=1e-3)

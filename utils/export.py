@@ -46,6 +46,8 @@ def export_onnx(model: DetectionModel, path: Path, img_size: int, opset: int, dy
         with torch.no_grad(), warnings.catch_warnings():
             # torch >= 2.9 calls the TorchScript exporter legacy; it is the one every supported torch shares
             warnings.simplefilter("ignore", DeprecationWarning)
+            # the head's grid-size check is traced as a constant: right, as the export size is fixed
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             torch.onnx.export(model, (dummy,), str(path), **kwargs)
         verify_onnx(model, path, dummy)
     except ExportError:

@@ -42,6 +42,14 @@ def lr_lambda(epochs: int, lrf: float, cosine: bool) -> Callable[[int], float]:
     return lambda x: (1 - x / epochs) * (1.0 - lrf) + lrf
 
 
+def build_scheduler(optimizer: torch.optim.Optimizer, lf: Callable[[int], float]):
+    """Per-epoch LR factor `lf`, stepped after each epoch, with YOLOv5's one-epoch lag: the scheduler is rewound
+    so its first step lands on lf(0) again, and epoch e >= 1 (after warmup) trains at lr0 * lf(e - 1)."""
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lf)
+    scheduler.last_epoch = -1
+    return scheduler
+
+
 def warmup(optimizer: torch.optim.Optimizer, step: int, warmup_steps: int, epoch: int, lf: Callable[[int], float],
            hyp: Dict[str, float]) -> None:
     """During the first warmup_steps batches, ramp lr from 0 (biases: from warmup_bias_lr down) to the schedule,

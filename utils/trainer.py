@@ -25,7 +25,7 @@ from utils.hyperparameters import NOMINAL_BATCH
 from utils.image_weights import ImageWeightedSampler, class_weights, epoch_class_weights, image_weights
 from utils.loss import YoloLoss
 from utils.metrics import DetectionMetrics
-from utils.optim import ModelEMA, build_optimizer, lr_lambda, unwrap, warmup, warmup_accumulation
+from utils.optim import ModelEMA, build_optimizer, build_scheduler, lr_lambda, unwrap, warmup, warmup_accumulation
 from utils.train_data import TrainImages, ValImages, collate_train, collate_val
 from utils.validate import summary_line, validate
 
@@ -129,7 +129,7 @@ def train(model: DetectionModel, train_samples: Sequence, val_samples: Sequence,
     hyp["weight_decay"] *= s.batch_size * world * accumulate / NOMINAL_BATCH
     optimizer = build_optimizer(model, s.optimizer, hyp["lr0"], hyp["momentum"], hyp["weight_decay"])
     lf = lr_lambda(s.epochs, hyp["lrf"], s.cos_lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lf)
+    scheduler = build_scheduler(optimizer, lf)
     if world > 1 and s.sync_bn and device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ema = ModelEMA(model) if rank == 0 else None

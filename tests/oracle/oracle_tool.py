@@ -145,8 +145,74 @@ def metrics(io_path):
     return {"map50": float(ap[:, 0].mean()), "map": float(ap.mean())}
 
 
+def train_steps(io_path, cfg, nc):
+    """IO holds `init` (a state_dict), `batches` (per epoch, a list of (uint8 images, targets)), `hyp` (before
+    the per-model scaling), `epochs` and `img_size`; replays train.py's optimisation on those batches (its
+    optimizer groups, LambdaLR rewound as train.py does, warm-up of LR / momentum / accumulation, gradient
+    clipping, ModelEMA) and adds `losses` (per batch), `lrs` (per epoch) and `ema` (the final EMA state).
+
+    Weights and images are channels-last, as our trainer keeps them, so both sides round alike."""
+    import math
+
+    import numpy as np
+    from torch.optim import lr_scheduler
+    from yolov5.utils.loss import ComputeLoss
+    from yolov5.utils.torch_utils import ModelEMA, smart_optimizer
+
+    io = torch.load(io_path, weights_only=True)
+    model = build(cfg, nc)
+    model.load_state_dict(io["init"])
+    model.train().to(memory_format=torch.channels_last)
+    hyp, epochs, batches = dict(io["hyp"]), int(io["epochs"]), io["batches"]
+    nominal, batch_size, nb = 64, int(batches[0][0][0].shape[0]), len(batches[0])
+    accumulate = max(round(nominal / batch_size), 1)
+    hyp["weight_decay"] *= batch_size * accumulate / nominal
+    optimizer = smart_optimizer(model, "SGD", hyp["lr0"], hyp["momentum"], hyp["weight_decay"])
+
+    def lf(x):
+        return (1 - x / epochs) * (1.0 - hyp["lrf"]) + hyp["lrf"]
+    scheduler = lr_scheduler.LambdaLR(optimizer, lr_lambda=lf)
+    ema = ModelEMA(model)
+    nl = model.model[-1].nl
+    hyp["box"] *= 3 / nl
+    hyp["cls"] *= int(nc) / 80 * 3 / nl
+    hyp["obj"] *= (int(io["img_size"]) / 640) ** 2 * 3 / nl
+    model.hyp = hyp
+    compute_loss = ComputeLoss(model)
+    warmup = max(round(hyp["warmup_epochs"] * nb), 100)
+    scheduler.last_epoch = -1
+    last_step, losses, lrs = -1, [], []
+    for epoch in range(epochs):
+        optimizer.zero_grad()
+        for i, (images, targets) in enumerate(batches[epoch]):
+            step = i + nb * epoch
+            if step <= warmup:
+                accumulate = max(1, np.interp(step, [0, warmup], [1, nominal / batch_size]).round())
+                for j, group in enumerate(optimizer.param_groups):
+                    start = hyp["warmup_bias_lr"] if j == 0 else 0.0
+                    group["lr"] = np.interp(step, [0, warmup], [start, group["initial_lr"] * lf(epoch)])
+                    group["momentum"] = np.interp(step, [0, warmup], [hyp["warmup_momentum"], hyp["momentum"]])
+            x = images.contiguous(memory_format=torch.channels_last).float() / 255
+            loss, _ = compute_loss(model(x), targets)
+            loss.backward()
+            losses.append(float(loss))
+            if step - last_step >= accumulate:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
+                optimizer.step()
+                optimizer.zero_grad()
+                ema.update(model)
+                last_step = step
+        lrs.append([float(g["lr"]) for g in optimizer.param_groups])
+        scheduler.step()
+    assert not math.isnan(losses[-1])
+    io["losses"], io["lrs"] = torch.tensor(losses, dtype=torch.float64), torch.tensor(lrs, dtype=torch.float64)
+    io["ema"] = {k: v.detach().float().contiguous() for k, v in ema.ema.state_dict().items()}
+    torch.save(io, io_path)
+    return {"steps": len(losses)}
+
+
 COMMANDS = {"loss": loss, "metrics": metrics, "keys": keys, "checkpoint": checkpoint, "nms": nms,
-            "letterbox": letterbox}
+            "letterbox": letterbox, "train_steps": train_steps}
 
 def serve():
     """One JSON list [command, *args] per input line -> one JSON result per output line (imports paid once)."""

@@ -13,7 +13,14 @@ from typing import List, Optional, Tuple
 import torch
 
 from models.yolo import DetectionModel, architecture
-from utils.checkpoint import Checkpoint, CheckpointError, read_checkpoint, save_checkpoint, transfer_weights
+from utils.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    build_model,
+    read_checkpoint,
+    save_checkpoint,
+    transfer_weights,
+)
 from utils.export import ExportError, export_onnx, max_onnx_opset
 from utils.metrics import DetectionMetrics
 from utils.train_data import class_histogram
@@ -35,6 +42,7 @@ LOG = logging.getLogger(__name__)
 WEIGHTS_DIR_ENV = "YOLOV5_WEIGHTS_DIR"  # where the image keeps the official weights, <model>.pt
 DEFAULT_WEIGHTS_DIR = "/app/weights"
 EVALUATE_CONFIG = {"iou_thr": 0.5, "conf_thr": VAL_CONF}
+ONNX_REFRESH_S = 600  # during training, the best stage's ONNX is refreshed at most this often (and at the end)
 
 
 def run_training(ctx: TaskContext) -> None:
@@ -165,7 +173,12 @@ def _architecture_name(arch: dict) -> Optional[str]:
 
 
 class StageSaver:
-    """Writes the `best` stage as soon as a new best appears, and `epoch_N` stages every save_period epochs."""
+    """Writes the `best` stage as soon as a new best appears, and `epoch_N` stages every save_period epochs.
+
+    A new best's weights are saved at once; its ONNX export (and onnxruntime check) follows at most every
+    ONNX_REFRESH_S seconds and always at the end, from the saved weights. Until then the stage lists the
+    weights alone, never an ONNX file of an older best.
+    """
 
     def __init__(self, models_dir: Path, cfg: TrainingConfig, names: List[str], img_size: int,
                  options: TrainOptions, histogram: List[int]):
@@ -175,6 +188,8 @@ class StageSaver:
                      "model": cfg.model}
         self.patterns = [re.compile(p) for p in cfg.saved_file_patterns]
         self.best: Optional[Tuple[int, DetectionMetrics]] = None
+        self.best_has_onnx = False
+        self.last_onnx = time.monotonic()
 
     def _keep(self, files: List[str]) -> List[str]:
         return [f for f in files if not self.patterns or any(p.search(f) for p in self.patterns)]
@@ -187,24 +202,39 @@ class StageSaver:
     def _save(self, stage: str, stem: str, model, epoch: int, m: DetectionMetrics, onnx: bool, best: bool) -> None:
         folder = self.writer.stage_dir(stage)
         folder.mkdir(parents=True, exist_ok=True)
+        listed = self.writer.stages.get(stage)
+        if listed is not None and f"{stem}.onnx" in listed.files:  # never list an older model's export beside it
+            self.writer.add(stage, [f for f in listed.files if f != f"{stem}.onnx"], listed.metrics, best=best,
+                            timestamp=listed.timestamp)
+        (folder / f"{stem}.onnx").unlink(missing_ok=True)
         meta = dict(self.meta, epoch=epoch + 1, metrics=self.metrics(m))
         save_checkpoint(folder / f"{stem}.pt", model, self.names, epoch=epoch + 1, meta=meta)
-        files = [f"{stem}.pt"]
+        self.writer.add(stage, self._keep([f"{stem}.pt"]), self.metrics(m), best=best, timestamp=int(time.time()))
         if onnx:
-            tmp = folder / f".{stem}.onnx.tmp"
-            try:
-                export_onnx(model, tmp, self.img_size, self.cfg.opset)
-                tmp.replace(folder / f"{stem}.onnx")
-                files.append(f"{stem}.onnx")
-            except ExportError as exc:
-                LOG.error("stage %s is saved without ONNX: %s", stage, exc)
-                tmp.unlink(missing_ok=True)
-        self.writer.add(stage, self._keep(files), self.metrics(m), best=best, timestamp=int(time.time()))
+            self._add_onnx(stage, stem, model, m, best)
+
+    def _add_onnx(self, stage: str, stem: str, model, m: DetectionMetrics, best: bool) -> bool:
+        folder = self.writer.stage_dir(stage)
+        tmp = folder / f".{stem}.onnx.tmp"
+        try:
+            export_onnx(model, tmp, self.img_size, self.cfg.opset)
+        except ExportError as exc:
+            LOG.error("stage %s is saved without ONNX: %s", stage, exc)
+            tmp.unlink(missing_ok=True)
+            return False
+        tmp.replace(folder / f"{stem}.onnx")
+        self.writer.add(stage, self._keep([f"{stem}.pt", f"{stem}.onnx"]), self.metrics(m), best=best,
+                        timestamp=int(time.time()))
+        return True
 
     def epoch_end(self, report: EpochReport, ema_model) -> None:
         if report.best:
             self.best = (report.epoch, report.metrics)
-            self._save("best", "best", ema_model, report.epoch, report.metrics, onnx=True, best=True)
+            onnx = time.monotonic() - self.last_onnx >= ONNX_REFRESH_S
+            self._save("best", "best", ema_model, report.epoch, report.metrics, onnx=onnx, best=True)
+            self.best_has_onnx = onnx
+            if onnx:
+                self.last_onnx = time.monotonic()
         number = report.epoch + 1
         if not self.cfg.save_best_only and number % self.cfg.save_period == 0:
             self._save(f"epoch_{number}", f"epoch_{number}", ema_model, report.epoch, report.metrics, onnx=False,
@@ -214,6 +244,9 @@ class StageSaver:
         if self.best is None:
             raise ModelError("training ended before any epoch was validated: no model was saved")
         epoch, m = self.best
+        if not self.best_has_onnx:  # export what the stage holds: the saved (fp16) best weights
+            saved = build_model(read_checkpoint(self.writer.stage_dir("best") / "best.pt"))
+            self.best_has_onnx = self._add_onnx("best", "best", saved, m, best=True)
         LOG.info("best model: epoch %d, %s", epoch + 1, summary_line(m))
         LOG.info("model stages: %s (best stage %s in %s)", sorted(self.writer.stages), self.writer.best_stage_name,
                  self.writer.models_dir / "result.yaml")
