@@ -6,7 +6,9 @@ and H the binary entropy (natural log, log clamped at -100):
     U = sum_k H(A[P_k]) - sum_k A[H(P_k)]      (entropy of the local mean minus mean local entropy, >= 0)
 U is max-pooled over 32x32 blocks and the block maxima are averaged: s_c. The image score is
 sum_c w_c s_c, with w from `class_distribution_scores` (missing weights are 1).
-All classes are computed together; the work is split into class chunks only to bound memory.
+All images of a batch and all classes are computed together; the work is split into chunks only to bound
+memory. The 9x9 window mean is separable (rows, then columns; each divides by the pixels that exist, so the
+product is the 2-D count): 18 reads per pixel instead of 81.
 """
 from __future__ import annotations
 
@@ -37,7 +39,9 @@ def _entropy(p: torch.Tensor) -> torch.Tensor:
 
 
 def _local_mean(x: torch.Tensor) -> torch.Tensor:
-    return F.avg_pool2d(x, WINDOW, stride=1, padding=WINDOW // 2, count_include_pad=False)
+    half = WINDOW // 2
+    x = F.avg_pool2d(x, (WINDOW, 1), stride=1, padding=(half, 0), count_include_pad=False)
+    return F.avg_pool2d(x, (1, WINDOW), stride=1, padding=(0, half), count_include_pad=False)
 
 
 def aldd_scores(levels: List[torch.Tensor], input_size: Tuple[int, int], weights: torch.Tensor) -> torch.Tensor:
@@ -45,21 +49,28 @@ def aldd_scores(levels: List[torch.Tensor], input_size: Tuple[int, int], weights
     batch, nc = levels[0].shape[0], levels[0].shape[-1] - 5
     height, width = input_size
     k = sum(level.shape[1] for level in levels)
-    chunk = max(1, min(nc, CHUNK_ELEMENTS // (k * height * width)))
+    per_image_class = k * height * width
+    classes = max(1, min(nc, CHUNK_ELEMENTS // per_image_class))  # classes per chunk
+    images = max(1, min(batch, CHUNK_ELEMENTS // (per_image_class * classes)))  # images per chunk
     weights = weights.to(levels[0].device)
+    sig = [level.float().sigmoid() for level in levels]  # (B, na, h, w, 5 + nc)
     scores = torch.zeros(batch, device=levels[0].device)
-    for b in range(batch):
-        for c0 in range(0, nc, chunk):
-            c1 = min(nc, c0 + chunk)
+    for b0 in range(0, batch, images):
+        b1 = min(batch, b0 + images)
+        for c0 in range(0, nc, classes):
+            c1 = min(nc, c0 + classes)
             maps = []
-            for level in levels:
-                x = level[b].float().sigmoid()  # (na, h, w, 5 + nc)
-                p = (x[..., 4:5] * x[..., 5 + c0:5 + c1]).permute(0, 3, 1, 2)  # (na, classes, h, w)
-                maps.append(F.interpolate(p, size=(height, width), mode="bilinear", align_corners=False))
-            p = torch.cat(maps, 0)  # (K, classes, H, W)
-            mean_entropy = _local_mean(_entropy(p)).sum(0)
-            entropy_of_mean = _entropy(_local_mean(p)).sum(0)
-            u = (entropy_of_mean - mean_entropy).unsqueeze(0)  # (1, classes, H, W)
-            per_class = F.max_pool2d(u, REGION, stride=REGION).mean((0, 2, 3))
-            scores[b] += (per_class * weights[c0:c1]).sum()
+            for x in sig:
+                x = x[b0:b1]
+                p = (x[..., 4:5] * x[..., 5 + c0:5 + c1]).permute(0, 1, 4, 2, 3)  # (b, na, classes, h, w)
+                n, na, nk, h, w = p.shape
+                up = F.interpolate(p.reshape(n * na, nk, h, w), size=(height, width), mode="bilinear",
+                                   align_corners=False)
+                maps.append(up.reshape(n, na, nk, height, width))
+            p = torch.cat(maps, 1).flatten(0, 1)  # (b * K, classes, H, W)
+            mean_entropy = _local_mean(_entropy(p))
+            entropy_of_mean = _entropy(_local_mean(p))
+            u = (entropy_of_mean - mean_entropy).reshape(b1 - b0, k, c1 - c0, height, width).sum(1)
+            per_class = F.max_pool2d(u, REGION, stride=REGION).mean((2, 3))  # (b, classes)
+            scores[b0:b1] += (per_class * weights[c0:c1]).sum(1)
     return scores
