@@ -12,12 +12,12 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
+from utils.train_data import class_histogram
+
 
 def class_weights(samples: Sequence, nc: int) -> np.ndarray:
     """Inverse label frequency per class, summing to 1 (a class without labels counts as one label)."""
-    counts = np.zeros(nc, dtype=np.float64)
-    for s in samples:
-        np.add.at(counts, np.asarray(s.classes, dtype=np.int64), 1)
+    counts = np.asarray(class_histogram(samples, nc), dtype=np.float64)
     counts[counts == 0] = 1
     weights = 1.0 / counts
     return weights / weights.sum()

@@ -199,7 +199,8 @@ class StageSaver:
         return {"mAP": m.map50, "mAR": m.recall, "mAP50_95": m.map50_95, "precision": m.precision,
                 "tp": m.tp, "fp": m.fp, "fn": m.fn}
 
-    def _save(self, stage: str, stem: str, model, epoch: int, m: DetectionMetrics, onnx: bool, best: bool) -> None:
+    def _save(self, stage: str, stem: str, model, epoch: int, m: DetectionMetrics, onnx: bool, best: bool) -> bool:
+        """Save and list the weights, then (with `onnx`) the export; returns whether the stage lists an ONNX."""
         folder = self.writer.stage_dir(stage)
         folder.mkdir(parents=True, exist_ok=True)
         listed = self.writer.stages.get(stage)
@@ -210,8 +211,7 @@ class StageSaver:
         meta = dict(self.meta, epoch=epoch + 1, metrics=self.metrics(m))
         save_checkpoint(folder / f"{stem}.pt", model, self.names, epoch=epoch + 1, meta=meta)
         self.writer.add(stage, self._keep([f"{stem}.pt"]), self.metrics(m), best=best, timestamp=int(time.time()))
-        if onnx:
-            self._add_onnx(stage, stem, model, m, best)
+        return onnx and self._add_onnx(stage, stem, model, m, best)
 
     def _add_onnx(self, stage: str, stem: str, model, m: DetectionMetrics, best: bool) -> bool:
         folder = self.writer.stage_dir(stage)
@@ -231,8 +231,8 @@ class StageSaver:
         if report.best:
             self.best = (report.epoch, report.metrics)
             onnx = time.monotonic() - self.last_onnx >= ONNX_REFRESH_S
-            self._save("best", "best", ema_model, report.epoch, report.metrics, onnx=onnx, best=True)
-            self.best_has_onnx = onnx
+            self.best_has_onnx = self._save("best", "best", ema_model, report.epoch, report.metrics, onnx=onnx,
+                                            best=True)
             if onnx:
                 self.last_onnx = time.monotonic()
         number = report.epoch + 1
