@@ -8,11 +8,13 @@ set. Every step runs the executor itself (`start.py`) on YMIR-style /in and /out
   round r   each method mines the unlabelled pool with its current model, the top `budget` images get their
             labels, and the model is fine-tuned (warm start) on the grown set; mAP@0.5 on the test split
   proxy     the round-0 model scores the whole pool (labels known): Spearman correlation between the mining
-            score and the per-image detection error FN + FP (IoU 0.5, conf 0.25)
+            score and the per-image detection error FN + FP (IoU 0.5, conf 0.25); also for ALDD at the input
+            resolution (the reference image's computation), with its rank agreement with our default ALDD
   speed     images/s of plain inference, of mining with each algorithm, and of mining + inference in one run,
             from the executor's own timing line (the forward/score loop, without start-up)
 
-    .venv/bin/python bench/mining_bench.py [--seeds 1] [--pool 360] [--initial 120] [--rounds 2] [--budget 60]
+    .venv/bin/python bench/mining_bench.py [--seeds 1] [--first-seed 0] [--pool 360] [--initial 120]
+                                           [--rounds 2] [--budget 60]
 """
 from __future__ import annotations
 
@@ -38,6 +40,8 @@ from ymir.demo import ark_text, env_yaml, write_asset  # noqa: E402
 CLASSES = ("disc", "box", "triangle", "star")
 FREQUENCIES = (0.55, 0.30, 0.12, 0.03)
 METHODS = ("random", "entropy", "aldd", "cald")
+# Variants measured in the proxy and speed sections only: the mining config each adds to its algorithm.
+VARIANTS = {"aldd@input": ("aldd", {"aldd_resolution": "input"})}
 SIZE = 160
 TRAIN_OPTIONS = "--hyp warmup_epochs=0 mosaic=0 lr0=0.02"
 
@@ -130,11 +134,12 @@ def train(work: Path, labelled, test, epochs: int, start_from: Path = None):
     return task.out / "models" / "best", float(best["mAP"])
 
 
-def mine(work: Path, model: Path, pool, algorithm: str, infer: bool = False, mining: bool = True):
+def mine(work: Path, model: Path, pool, method: str, infer: bool = False, mining: bool = True):
     kind = "mining+infer" if (mining and infer) else ("mining" if mining else "infer")
     config = {"img_size": SIZE, "batch_size_per_gpu": 16, "num_workers_per_gpu": 1, "conf_thres": 0.25}
     if mining:
-        config.update(mining_algorithm=algorithm, seed=0)
+        algorithm, extra = VARIANTS.get(method, (method, {}))
+        config.update(mining_algorithm=algorithm, seed=0, **extra)
     task = Task(work, kind, config)
     paths = task.add_candidates(pool)
     task.add_model(model)
@@ -190,6 +195,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--first-seed", type=int, default=0, help="run seeds first-seed .. first-seed + seeds - 1")
     parser.add_argument("--pool", type=int, default=360)
     parser.add_argument("--test", type=int, default=120)
     parser.add_argument("--initial", type=int, default=120)
@@ -201,25 +207,30 @@ def main():
     started = time.time()
     gains = {m: [] for m in METHODS}
     finals = {m: [] for m in METHODS}
-    correlations = {m: [] for m in METHODS}
+    correlations = {m: [] for m in METHODS + tuple(VARIANTS)}
+    agreement = {v: [] for v in VARIANTS}
     speeds = {}
     with tempfile.TemporaryDirectory(prefix="mining-bench-") as tmp:
         tmp = Path(tmp)
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             rng = np.random.default_rng(100 + seed)
             pool = [draw(rng) for _ in range(args.pool)]
             test = [draw(rng) for _ in range(args.test)]
             initial = set(rng.choice(args.pool, args.initial, replace=False).tolist())
             model0, map0 = train(tmp / f"s{seed}-r0", [pool[i] for i in sorted(initial)], test, args.epochs0)
             print(f"seed {seed}: round 0 mAP@0.5 {map0:.4f} ({len(initial)} images)", flush=True)
-            for method in METHODS:
+            proxy_scores = {}
+            for method in METHODS + tuple(VARIANTS):
                 paths, scores, detections, speed = mine(tmp / f"s{seed}-proxy-{method}", model0, pool, method,
                                                         infer=True)
+                proxy_scores[method] = scores
                 correlations[method].append(spearman(scores, image_errors(paths, detections, pool)))
-                if seed == 0:
+                if seed == args.first_seed:
                     speeds[f"{method} + inference"] = speed
                     speeds[f"{method} alone"] = mine(tmp / f"speed-{method}", model0, pool, method)[3]
-            if seed == 0:
+            for variant, (algorithm, _) in VARIANTS.items():
+                agreement[variant].append(spearman(proxy_scores[variant], proxy_scores[algorithm]))
+            if seed == args.first_seed:
                 speeds["inference alone"] = mine(tmp / "speed-infer", model0, pool, "", infer=True, mining=False)[3]
             for method in METHODS:
                 labelled, model, maps = set(initial), model0, [map0]
@@ -242,11 +253,14 @@ def main():
     for m in METHODS:
         print(f"| {m} | {np.mean(finals[m]):.4f} | {np.mean(gains[m]):+.4f} | "
               f"{', '.join(f'{g:+.4f}' for g in gains[m])} | {np.mean(correlations[m]):+.3f} |")
+    for v, (algorithm, _) in VARIANTS.items():
+        print(f"| {v} | - | - | - | {np.mean(correlations[v]):+.3f} |")
+        print(f"\nSpearman({v} score, {algorithm} score) over the pool: {np.mean(agreement[v]):+.3f}")
     base = speeds["inference alone"]
     print(f"\nplain inference: {base:.1f} images/s\n")
     print("| method | mining images/s | cost vs inference | mining + inference images/s | cost vs mining alone |")
     print("|---|---|---|---|---|")
-    for m in METHODS:
+    for m in METHODS + tuple(VARIANTS):
         alone, both = speeds[f"{m} alone"], speeds[f"{m} + inference"]
         if alone is None:
             print(f"| {m} | no forward pass | - | {both:.1f} | - |")

@@ -89,6 +89,7 @@ def test_unknown_key_is_kept_and_logged(tmp_path, caplog):
     (TrainingConfig, "ymir_saved_file_patterns", "best.*,([", "bad regex"),
     (MiningConfig, "mining_algorithm", "coreset", "random, entropy, aldd, cald"),
     (MiningConfig, "class_distribution_scores", "1,x", "not a number"),
+    (MiningConfig, "aldd_resolution", "pixel", "native, input"),
     (MiningConfig, "conf_thres", 1.5, "[0, 1]"),
     (InferConfig, "iou_thres", 0, "(0, 1]"),
     (InferConfig, "max_det", 0, ">= 1"),

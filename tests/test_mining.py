@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import torch
 
+from utils.inference import BatchOutput, ImageMeta
+from ymir.config import MiningConfig
 from ymir.mining.aldd import aldd_scores, class_weights
 from ymir.mining.cald import (
     BETA,
@@ -19,6 +21,7 @@ from ymir.mining.cald import (
     rotate,
     shrink,
 )
+from ymir.mining.scorers import CaldScorer
 from ymir.mining.uncertainty import binary_entropy_bits, entropy_score, random_scores
 
 
@@ -59,13 +62,13 @@ def bilinear_upsample(m, size):
     return out
 
 
-def window_mean(m):
-    """9x9 mean around each pixel over the pixels that exist."""
-    size = m.shape[0]
+def window_mean(m, window=9):
+    """window x window mean around each pixel over the pixels that exist."""
+    half = window // 2
     out = np.zeros_like(m)
-    for i in range(size):
-        for j in range(size):
-            out[i, j] = m[max(0, i - 4):i + 5, max(0, j - 4):j + 5].mean()
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            out[i, j] = m[max(0, i - half):i + half + 1, max(0, j - half):j + half + 1].mean()
     return out
 
 
@@ -73,7 +76,7 @@ def binary_entropy(p):
     return -(p * np.maximum(np.log(p), -100) + (1 - p) * np.maximum(np.log(1 - p), -100))
 
 
-def aldd_by_the_formula(levels, size, weights):
+def aldd_at_input_resolution_by_the_formula(levels, size, weights):
     sig = [1 / (1 + np.exp(-lv.numpy().astype(np.float64))) for lv in levels]
     nc = levels[0].shape[-1] - 5
     total = 0.0
@@ -88,22 +91,65 @@ def aldd_by_the_formula(levels, size, weights):
     return total
 
 
-def test_aldd_vectorised_equals_the_formula():
+def aldd_native_by_the_formula(levels, size, weights):
+    """3x3-cell mutual information on each level's grid, each cell's value spread over the stride-8 cells it
+    covers, summed over maps, max over 32x32-pixel regions (4x4 stride-8 cells), mean over regions."""
+    sig = [1 / (1 + np.exp(-lv.numpy().astype(np.float64))) for lv in levels]
+    nc, fine = levels[0].shape[-1] - 5, size // 8
+    total = 0.0
+    for c in range(nc):
+        u = np.zeros((fine, fine))
+        for s in sig:
+            factor = fine // s.shape[2]
+            for a in range(s.shape[1]):
+                p = s[0, a, :, :, 4] * s[0, a, :, :, 5 + c]
+                mi = binary_entropy(window_mean(p, 3)) - window_mean(binary_entropy(p), 3)
+                for i in range(fine):
+                    for j in range(fine):
+                        u[i, j] += mi[i // factor, j // factor]
+        blocks = [u[i:i + 4, j:j + 4].max() for i in range(0, fine, 4) for j in range(0, fine, 4)]
+        total += weights[c] * np.mean(blocks)
+    return total
+
+
+def random_levels(batch, size, nc, seed=0, strides=(8, 16, 32)):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, 3, size // s, size // s, 5 + nc, generator=g) * 2 for s in strides]
+
+
+@pytest.mark.parametrize("resolution, formula", [("native", aldd_native_by_the_formula),
+                                                 ("input", aldd_at_input_resolution_by_the_formula)])
+def test_aldd_vectorised_equals_the_formula(resolution, formula):
     size, nc = 64, 3
-    g = torch.Generator().manual_seed(0)
-    levels = [torch.randn(2, 3, size // s, size // s, 5 + nc, generator=g) * 2 for s in (8, 16, 32)]
+    levels = random_levels(2, size, nc)
     weights = class_weights([1.0, 0.5], nc)  # padded with 1.0
     assert weights.tolist() == [1.0, 0.5, 1.0]
-    ours = aldd_scores(levels, (size, size), weights)
+    ours = aldd_scores(levels, (size, size), weights, resolution)
     for b in range(2):
-        expected = aldd_by_the_formula([lv[b:b + 1] for lv in levels], size, weights.tolist())
+        expected = formula([lv[b:b + 1] for lv in levels], size, weights.tolist())
         assert ours[b].item() == pytest.approx(expected, abs=1e-5)
         assert expected > 0
 
 
-def test_aldd_is_zero_where_neighbours_agree():
+def test_aldd_native_handles_a_stride_64_level_and_non_square_inputs():
+    g = torch.Generator().manual_seed(1)
+    height, width = 128, 64
+    levels = [torch.randn(1, 3, height // s, width // s, 7, generator=g) for s in (8, 16, 32, 64)]
+    score = aldd_scores(levels, (height, width), class_weights([], 2))
+    # the stride-64 level (2 x 1 cells) adds to every region its cells cover: the score grows without it dropping
+    without = aldd_scores(levels[:3], (height, width), class_weights([], 2))
+    assert torch.isfinite(score).all() and score.item() >= without.item() > 0
+
+
+@pytest.mark.parametrize("resolution", ["native", "input"])
+def test_aldd_is_zero_where_neighbours_agree(resolution):
     levels = [torch.zeros(1, 3, 64 // s, 64 // s, 6) for s in (8, 16, 32)]  # a constant map everywhere
-    assert aldd_scores(levels, (64, 64), class_weights([], 1)).item() == pytest.approx(0.0, abs=1e-6)
+    assert aldd_scores(levels, (64, 64), class_weights([], 1), resolution).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_aldd_rejects_an_unknown_resolution():
+    with pytest.raises(ValueError, match="'pixel'"):
+        aldd_scores(random_levels(1, 64, 1), (64, 64), class_weights([], 1), "pixel")
 
 
 # ---------- CALD ----------
@@ -143,6 +189,21 @@ def test_cald_ranks_the_least_consistent_first():
     shaky = pred([[0, 0, 10, 10]], [0.9], [[1.0, 0.0]])  # 1 + 0.9 - 1.3 = 0.6 -> score 0.4
     assert cald_score(cald_metric(stable, [(stable, stable)])) == pytest.approx(1.0)
     assert cald_score(cald_metric(shaky, [(shaky, shaky)])) == pytest.approx(0.4)
+
+
+def test_cald_orders_images_without_detections_by_their_strongest_missed_candidate():
+    # three images, no candidate reaches conf_thres 0.25: strongest obj x cls 0.2 x 0.9, 0.5 x 0.1, 0.1 x 0.3
+    decoded = torch.zeros(3, 4, 5 + 2)
+    decoded[0, 1, 4], decoded[0, 1, 5:] = 0.2, torch.tensor([0.9, 0.1])
+    decoded[1, 2, 4], decoded[1, 2, 5:] = 0.5, torch.tensor([0.1, 0.05])
+    decoded[2, 0, 4], decoded[2, 0, 5:] = 0.1, torch.tensor([0.3, 0.2])
+    out = BatchOutput(decoded, [], [torch.zeros(0, 6)] * 3, [torch.zeros(0, dtype=torch.long)] * 3)
+    scorer = CaldScorer(detector=None, config=MiningConfig(mining_algorithm="cald"), label_histogram=None)
+    metas = [ImageMeta(i, (64, 64), (1.0, 1.0), (0.0, 0.0)) for i in range(3)]
+    scores = scorer.score_batch(torch.zeros(3, 3, 64, 64, dtype=torch.uint8), out, metas, ["a", "b", "c"])
+    assert scores == pytest.approx([1.18, 1.05, 1.03])
+    # with detections, the score stays 1 - metric <= 1: every image without detections ranks above
+    assert cald_score(0.0, undetected_evidence=0.0) == 1.0
 
 
 def drawn(boxes, shape=(80, 120)):

@@ -27,6 +27,7 @@ MODEL_NAMES = (
     "yolov5n6", "yolov5s6", "yolov5m6", "yolov5l6", "yolov5x6",
 )
 MINING_ALGORITHMS = ("random", "entropy", "aldd", "cald")
+ALDD_RESOLUTIONS = ("native", "input")
 ANNOTATION_FORMATS = {"ark": "ark", "det-ark": "ark", "voc": "voc", "det-voc": "voc"}
 IMG_SIZE_STEP = 32
 IMG_SIZE_MAX = 8192
@@ -93,6 +94,7 @@ class InferConfig:
 class MiningConfig(InferConfig):
     mining_algorithm: str = "aldd"
     class_distribution_scores: Tuple[float, ...] = ()
+    aldd_resolution: str = "native"
     cald_class_diversity: bool = False
     seed: int = 0
 
@@ -100,10 +102,12 @@ class MiningConfig(InferConfig):
         base = InferConfig.validate(self)
         algorithm = self.mining_algorithm.strip().lower()
         _check(algorithm in MINING_ALGORITHMS, "mining_algorithm", self.mining_algorithm, ", ".join(MINING_ALGORITHMS))
+        resolution = self.aldd_resolution.strip().lower()
+        _check(resolution in ALDD_RESOLUTIONS, "aldd_resolution", self.aldd_resolution, ", ".join(ALDD_RESOLUTIONS))
         _check(all(w >= 0 for w in self.class_distribution_scores), "class_distribution_scores",
                self.class_distribution_scores, "comma-separated non-negative numbers")
         _check(self.seed >= 0, "seed", self.seed, "an integer >= 0")
-        return dataclasses.replace(base, mining_algorithm=algorithm)
+        return dataclasses.replace(base, mining_algorithm=algorithm, aldd_resolution=resolution)
 
 
 @dataclass(frozen=True)

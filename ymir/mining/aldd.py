@@ -1,14 +1,19 @@
-"""ALDD mining as the YMIR YOLOv5 executor defines it (Aghdam et al., ICCV 2019, extended to many classes).
+"""ALDD mining (Aghdam et al., ICCV 2019), extended to many classes as the YMIR YOLOv5 executor extends it.
 
-For each class c and each anchor k of each level: the map P_k = sigmoid(objectness) x sigmoid(class c) is
-bilinearly upsampled to the network input size. With A = the mean over a 9x9 window (padding not counted)
-and H the binary entropy (natural log, log clamped at -100):
-    U = sum_k H(A[P_k]) - sum_k A[H(P_k)]      (entropy of the local mean minus mean local entropy, >= 0)
-U is max-pooled over 32x32 blocks and the block maxima are averaged: s_c. The image score is
-sum_c w_c s_c, with w from `class_distribution_scores` (missing weights are 1).
-All images of a batch and all classes are computed together; the work is split into chunks only to bound
-memory. The 9x9 window mean is separable (rows, then columns; each divides by the pixels that exist, so the
-product is the 2-D count): 18 reads per pixel instead of 81.
+Both variants score, for each class c, every anchor map P = sigmoid(objectness) x sigmoid(class c) by its
+mutual information with its neighbourhood. With A = the mean over a window (cells or pixels outside the map
+not counted) and H the binary entropy (natural log, log clamped at -100):
+    U = sum over maps of [ H(A[P]) - A[H(P)] ]      (entropy of the local mean minus mean local entropy, >= 0)
+U is max-pooled over 32x32-pixel regions and the region maxima are averaged: s_c. The image score is
+sum_c w_c s_c, with w from `class_distribution_scores` (missing weights are 1). All images of a batch and all
+classes are computed together.
+
+- `native` (default): each map stays on its own level's grid (stride 8, 16, 32, 64) and the neighbourhood is
+  3x3 cells, as the paper computes it on the network's output grid. Each level's U is repeated (nearest) onto
+  the finest grid, summed, and max-pooled over blocks of 32 pixels. Cost ~ 3 x sum_l (S/s_l)^2 x C elements:
+  a small fraction of the forward pass.
+- `input`: the reference executor's exact computation: every map bilinearly upsampled to the S x S network
+  input and a 9x9-pixel window. ~ 9 x S^2 x C elements, 10-100x the cost of the forward pass on a CPU.
 """
 from __future__ import annotations
 
@@ -18,10 +23,13 @@ from typing import List, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from ymir.config import ALDD_RESOLUTIONS
+
 LOG = logging.getLogger(__name__)
-WINDOW = 9
-REGION = 32
-CHUNK_ELEMENTS = 1 << 24  # ~64 MB of float32 per intermediate map
+NATIVE_WINDOW = 3  # cells of each level's own grid
+INPUT_WINDOW = 9  # pixels of the upsampled maps
+REGION = 32  # pixels
+CHUNK_ELEMENTS = 1 << 24  # ~64 MB of float32 per intermediate map (input resolution)
 
 
 def class_weights(weights: Sequence[float], nc: int) -> torch.Tensor:
@@ -34,43 +42,88 @@ def class_weights(weights: Sequence[float], nc: int) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32)
 
 
-def _entropy(p: torch.Tensor) -> torch.Tensor:
-    return -(p * torch.log(p).clamp(min=-100) + (1 - p) * torch.log(1 - p).clamp(min=-100))
+def _negative_entropy(p: torch.Tensor) -> torch.Tensor:
+    """-H(p) = p log p + (1 - p) log(1 - p), logs clamped at -100; computed in place on fresh tensors."""
+    q = 1 - p
+    return torch.log(p).clamp_(min=-100).mul_(p).add_(torch.log(q).clamp_(min=-100).mul_(q))
 
 
-def _local_mean(x: torch.Tensor) -> torch.Tensor:
-    half = WINDOW // 2
-    x = F.avg_pool2d(x, (WINDOW, 1), stride=1, padding=(half, 0), count_include_pad=False)
-    return F.avg_pool2d(x, (1, WINDOW), stride=1, padding=(0, half), count_include_pad=False)
+def _local_mean(x: torch.Tensor, window: int) -> torch.Tensor:
+    """Mean over a window x window neighbourhood of each (N, C, H, W) pixel, over the pixels that exist.
+    Larger windows are done separably (rows, then columns; each pass divides by the pixels it saw, so the
+    product is the 2-D count), which is faster there; 3x3 is faster in one pass."""
+    half = window // 2
+    if window <= 3:
+        return F.avg_pool2d(x, window, stride=1, padding=half, count_include_pad=False)
+    x = F.avg_pool2d(x, (window, 1), stride=1, padding=(half, 0), count_include_pad=False)
+    return F.avg_pool2d(x, (1, window), stride=1, padding=(0, half), count_include_pad=False)
 
 
-def aldd_scores(levels: List[torch.Tensor], input_size: Tuple[int, int], weights: torch.Tensor) -> torch.Tensor:
+def _mutual_information(p: torch.Tensor, window: int) -> torch.Tensor:
+    """H(A[p]) - A[H(p)], written as A[-H(p)] - (-H(A[p]))."""
+    return _local_mean(_negative_entropy(p), window).sub_(_negative_entropy(_local_mean(p, window)))
+
+
+def _anchor_class_maps(level: torch.Tensor, c0: int = 0, c1: int = None) -> torch.Tensor:
+    """(B, na, h, w, 5 + nc) raw head output -> objectness x class probabilities as a (B * na, classes, h, w)
+    view in channels-last layout (the classes are the innermost dimension, as the head lays them out)."""
+    x = level.float().sigmoid()
+    c1 = x.shape[-1] - 5 if c1 is None else c1
+    batch, na, h, w, _ = x.shape
+    return (x[..., 4:5] * x[..., 5 + c0:5 + c1]).reshape(batch * na, h, w, c1 - c0).permute(0, 3, 1, 2)
+
+
+def _region_score(u: torch.Tensor, block: int, weights: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) uncertainty map -> (B,): max per block x block region, mean over regions, weighted sum."""
+    per_class = F.max_pool2d(u, block, stride=block, ceil_mode=True).mean((2, 3))
+    return (per_class * weights.to(u.device)).sum(1)
+
+
+def aldd_scores_native(levels: List[torch.Tensor], input_size: Tuple[int, int],
+                       weights: torch.Tensor) -> torch.Tensor:
     """`levels`: raw head outputs, each (B, na, h, w, 5 + nc), before sigmoid. Returns (B,) scores."""
+    finest = max(levels, key=lambda level: level.shape[2] * level.shape[3])
+    grid = (finest.shape[2], finest.shape[3])
+    total = None
+    for level in levels:
+        batch, na = level.shape[:2]
+        u = _mutual_information(_anchor_class_maps(level), NATIVE_WINDOW)  # (B * na, nc, h, w), channels-last
+        u = u.reshape(batch, na, *u.shape[1:]).sum(1)
+        if tuple(u.shape[-2:]) != grid:
+            u = F.interpolate(u, size=grid, mode="nearest")
+        total = u if total is None else total + u
+    block = max(1, round(REGION * grid[0] / input_size[0]))
+    return _region_score(total, block, weights)
+
+
+def aldd_scores_input(levels: List[torch.Tensor], input_size: Tuple[int, int], weights: torch.Tensor) -> torch.Tensor:
+    """The reference executor's computation at the network input resolution; same arguments and result."""
     batch, nc = levels[0].shape[0], levels[0].shape[-1] - 5
     height, width = input_size
     k = sum(level.shape[1] for level in levels)
     per_image_class = k * height * width
     classes = max(1, min(nc, CHUNK_ELEMENTS // per_image_class))  # classes per chunk
     images = max(1, min(batch, CHUNK_ELEMENTS // (per_image_class * classes)))  # images per chunk
-    weights = weights.to(levels[0].device)
-    sig = [level.float().sigmoid() for level in levels]  # (B, na, h, w, 5 + nc)
     scores = torch.zeros(batch, device=levels[0].device)
     for b0 in range(0, batch, images):
         b1 = min(batch, b0 + images)
         for c0 in range(0, nc, classes):
             c1 = min(nc, c0 + classes)
             maps = []
-            for x in sig:
-                x = x[b0:b1]
-                p = (x[..., 4:5] * x[..., 5 + c0:5 + c1]).permute(0, 1, 4, 2, 3)  # (b, na, classes, h, w)
-                n, na, nk, h, w = p.shape
-                up = F.interpolate(p.reshape(n * na, nk, h, w), size=(height, width), mode="bilinear",
-                                   align_corners=False)
-                maps.append(up.reshape(n, na, nk, height, width))
+            for level in levels:
+                n, na = b1 - b0, level.shape[1]
+                p = _anchor_class_maps(level[b0:b1], c0, c1)  # (b * na, classes, h, w)
+                up = F.interpolate(p, size=(height, width), mode="bilinear", align_corners=False)
+                maps.append(up.reshape(n, na, *up.shape[1:]))
             p = torch.cat(maps, 1).flatten(0, 1)  # (b * K, classes, H, W)
-            mean_entropy = _local_mean(_entropy(p))
-            entropy_of_mean = _entropy(_local_mean(p))
-            u = (entropy_of_mean - mean_entropy).reshape(b1 - b0, k, c1 - c0, height, width).sum(1)
-            per_class = F.max_pool2d(u, REGION, stride=REGION).mean((2, 3))  # (b, classes)
-            scores[b0:b1] += (per_class * weights[c0:c1]).sum(1)
+            u = _mutual_information(p, INPUT_WINDOW).reshape(b1 - b0, k, c1 - c0, height, width).sum(1)
+            scores[b0:b1] += _region_score(u, REGION, weights[c0:c1])
     return scores
+
+
+def aldd_scores(levels: List[torch.Tensor], input_size: Tuple[int, int], weights: torch.Tensor,
+                resolution: str = "native") -> torch.Tensor:
+    if resolution not in ALDD_RESOLUTIONS:
+        raise ValueError(f"ALDD resolution {resolution!r} is not one of {ALDD_RESOLUTIONS}")
+    compute = aldd_scores_native if resolution == "native" else aldd_scores_input
+    return compute(levels, input_size, weights)

@@ -13,6 +13,9 @@ the least consistent images (and those without detections, as in the paper) come
 Deviations from the paper, all deliberate:
 - the detector is YOLOv5: the "class distribution" is its independent sigmoid class probabilities normalised,
   and the detection score is objectness x best class probability;
+- the paper leaves the order among images without detections open (they all tie at metric 0); we add to their
+  score the strongest raw candidate the detector saw below `conf_thres` (objectness x class probability), so
+  images where it nearly found something come before plain background;
 - randomness (cutout) is seeded per image from the config `seed` and the image path, so a run is
   reproducible and independent of batching or sharding;
 - stage 2 (class-distribution diversity, `cald_class_diversity`) needs YMIR's budget, which the executor is
@@ -178,8 +181,10 @@ def diversity(image_class_vector: np.ndarray, label_histogram: np.ndarray) -> fl
 
 
 def cald_score(metric: float, class_vec: Optional[np.ndarray] = None,
-               label_histogram: Optional[np.ndarray] = None) -> float:
-    stage1 = 1.0 - metric
+               label_histogram: Optional[np.ndarray] = None, undetected_evidence: float = 0.0) -> float:
+    """`undetected_evidence`: for an image without detections, its strongest candidate below the threshold
+    (0 for images with detections), which orders those images among themselves."""
+    stage1 = 1.0 - metric + undetected_evidence
     if class_vec is None or label_histogram is None:
         return stage1
     return (stage1 + diversity(class_vec, label_histogram)) / 2

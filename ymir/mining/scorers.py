@@ -51,12 +51,12 @@ class EntropyScorer(Scorer):
 
 
 class AlddScorer(Scorer):
-    def __init__(self, weights: Sequence[float], nc: int):
-        self.weights = class_weights(weights, nc)
+    def __init__(self, weights: Sequence[float], nc: int, resolution: str):
+        self.weights, self.resolution = class_weights(weights, nc), resolution
 
     def score_batch(self, images, out, metas, keys):
         size = (images.shape[2], images.shape[3])
-        return aldd_scores(out.levels, size, self.weights).cpu().tolist()
+        return aldd_scores(out.levels, size, self.weights, self.resolution).cpu().tolist()
 
 
 class CaldScorer(Scorer):
@@ -91,13 +91,15 @@ class CaldScorer(Scorer):
             blank = [ImageMeta(0, (0, 0), (1.0, 1.0), (0.0, 0.0))] * len(chunk)
             aug_out = detect(self.detector, batch, blank, cfg.conf_thres, cfg.iou_thres, cfg.max_det)
             augmented += [self._predictions(aug_out, i) for i in range(len(chunk))]
+        strongest = (out.decoded[..., 4:5] * out.decoded[..., 5:]).flatten(1).amax(1).tolist()  # (B,)
         scores = []
         for b, ref in enumerate(references):
             pairs = [(job[1], pred) for job, pred in zip(jobs, augmented) if job[0] == b]
             metric = cald_metric(ref, pairs)
             vector = class_vector([ref] + [p for _, p in pairs], out.decoded.shape[2] - 5) \
                 if self.label_histogram is not None else None
-            scores.append(cald_score(metric, vector, self.label_histogram))
+            evidence = strongest[b] if len(ref) == 0 else 0.0
+            scores.append(cald_score(metric, vector, self.label_histogram, evidence))
         return scores
 
 
@@ -109,7 +111,7 @@ def make_scorer(config: MiningConfig, count: int, detector: Optional[Detector], 
     if algorithm == "entropy":
         return EntropyScorer(config.iou_thres, config.max_det)
     if algorithm == "aldd":
-        return AlddScorer(config.class_distribution_scores, nc)
+        return AlddScorer(config.class_distribution_scores, nc, config.aldd_resolution)
     return CaldScorer(detector, config, label_histogram if config.cald_class_diversity else None)
 
 
