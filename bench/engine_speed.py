@@ -1,10 +1,11 @@
 """Our engine against the original YOLOv5 v7.0 (the test oracle, PyPI yolov5==7.0.14) on this machine, in one run.
 
 Forward + NMS for yolov5n / yolov5s at 320 and 640, batch 1 and 8, and the training step (forward, loss,
-backward, SGD) at batch 8. The two sides alternate case by case, each in a fresh process with 2 torch threads,
-on the same weights and the same images; the ratio is ours / oracle in images per second (higher is better).
+backward, SGD) at batch 8. Inference is the product's CPU path (onnxruntime, as the tasks run it), with our
+torch path beside it. The sides take turns case by case, each in a fresh process with 2 threads, on the same
+weights and the same images; the ratio is ours / oracle in images per second (higher is better).
 
-    .venv/bin/python bench/engine_speed.py [--seconds 6] [--rounds 2] [--quick]
+    .venv/bin/python bench/engine_speed.py [--seconds 6] [--rounds 2] [--quick] [--only infer|train]
 """
 import argparse
 import json
@@ -24,7 +25,8 @@ from models.yolo import DetectionModel  # noqa: E402
 from utils.letterbox import letterbox  # noqa: E402
 from ymir.demo import draw_image  # noqa: E402
 
-PYTHONS = {"ours": REPO / ".venv" / "bin" / "python", "oracle": REPO / ".venvs" / "oracle" / "bin" / "python"}
+PYTHONS = {"ours": REPO / ".venv" / "bin" / "python", "ours-torch": REPO / ".venv" / "bin" / "python",
+           "oracle": REPO / ".venvs" / "oracle" / "bin" / "python"}
 INFER_CASES = [("yolov5n", 320, 1), ("yolov5n", 320, 8), ("yolov5n", 640, 1), ("yolov5n", 640, 8),
                ("yolov5s", 320, 1), ("yolov5s", 320, 8), ("yolov5s", 640, 1), ("yolov5s", 640, 8)]
 TRAIN_CASES = [("yolov5n", 320, 8), ("yolov5s", 320, 8), ("yolov5n", 640, 8)]
@@ -63,6 +65,7 @@ def main():
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="yolov5n at 320 only")
+    parser.add_argument("--only", choices=("infer", "train"), help="one kind of case")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp)
@@ -70,16 +73,22 @@ def main():
         rows = [("infer", c) for c in INFER_CASES] + [("train", c) for c in TRAIN_CASES]
         if args.quick:
             rows = [(k, c) for k, c in rows if c[0] == "yolov5n" and c[1] == 320]
-        print("| task | model | size | batch | ours img/s | oracle img/s | ratio |")
-        print("|---|---|---|---|---|---|---|")
+        if args.only:
+            rows = [(k, c) for k, c in rows if k == args.only]
+        print("| task | model | size | batch | ours img/s | oracle img/s | ratio | ours in torch img/s | ratio |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for kind, case in rows:
-            results = {"ours": [], "oracle": []}
-            for r in range(args.rounds):  # alternate, and swap who goes first, to share the machine's drift
-                for side in (("ours", "oracle") if r % 2 == 0 else ("oracle", "ours")):
+            sides = ["ours", "oracle"] + (["ours-torch"] if kind == "infer" else [])
+            results = {side: [] for side in sides}
+            for r in range(args.rounds):  # rotate who goes first, to share the machine's drift
+                for side in sides[r % len(sides):] + sides[:r % len(sides)]:
                     results[side].append(run(side, kind, case, args.seconds, data_dir))
-            ours, oracle = statistics.median(results["ours"]), statistics.median(results["oracle"])
-            print(f"| {kind} | {case[0]} | {case[1]} | {case[2]} | {ours:.2f} | {oracle:.2f} | {ours / oracle:.2f}x |",
-                  flush=True)
+            speed = {side: statistics.median(values) for side, values in results.items()}
+            ours, oracle = speed["ours"], speed["oracle"]
+            torch_path = f"{speed['ours-torch']:.2f} | {speed['ours-torch'] / oracle:.2f}x" if kind == "infer" \
+                else "- | -"
+            print(f"| {kind} | {case[0]} | {case[1]} | {case[2]} | {ours:.2f} | {oracle:.2f} | {ours / oracle:.2f}x | "
+                  f"{torch_path} |", flush=True)
 
 
 if __name__ == "__main__":

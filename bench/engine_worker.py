@@ -2,6 +2,9 @@
 
     engine_worker.py SIDE KIND MODEL SIZE BATCH SECONDS DATA_DIR   ->  prints {"images_per_s": ..., "steps": ...}
 
+SIDE is `ours` (the product's path: onnxruntime on a CPU for inference), `ours-torch` (our torch model run
+eagerly, which the product uses on GPUs and where onnxruntime is unavailable) or `oracle`.
+
 KIND is `infer` (uint8 batch -> normalised on the device -> fused model -> NMS at conf 0.25 / IoU 0.45, as
 YOLOv5's detect.py does) or `train` (forward, loss, backward, SGD step). Both sides load the same weights and
 inputs from DATA_DIR, and run with 2 torch threads.
@@ -23,17 +26,18 @@ def load(path):
     return torch.load(str(path), **kwargs)
 
 
-def ours(kind, name, data):
+def ours(kind, name, data, backend="product"):
     sys.path.insert(0, str(REPO))
     from models.yolo import DetectionModel
 
     model = DetectionModel(name, nc=80)
     model.load_state_dict(data["state_dict"])
     if kind == "infer":
-        from utils.inference import Detector
+        from utils.inference import Detector, make_detector
         from utils.nms import non_max_suppression
 
-        detector = Detector(model, torch.device("cpu"))
+        cpu = torch.device("cpu")
+        detector = make_detector(model, cpu, data["size"]) if backend == "product" else Detector(model, cpu)
 
         def step(images):
             decoded, _ = detector(images)
@@ -97,9 +101,13 @@ def main():
     size, batch, seconds = int(size), int(batch), float(seconds)
     torch.set_num_threads(2)
     data_dir = Path(data_dir)
-    data = {"state_dict": load(data_dir / f"{name}.pt"), "targets": load(data_dir / f"targets_{batch}.pt")}
+    data = {"state_dict": load(data_dir / f"{name}.pt"), "targets": load(data_dir / f"targets_{batch}.pt"),
+            "size": size}
     images = load(data_dir / f"images_{size}.pt")[:batch]
-    step = (ours if side == "ours" else oracle)(kind, name, data)
+    if side == "oracle":
+        step = oracle(kind, name, data)
+    else:
+        step = ours(kind, name, data, "torch" if side == "ours-torch" else "product")
     for _ in range(2):  # warm-up
         step(images)
     times, start = [], time.perf_counter()

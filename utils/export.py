@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import copy
 import inspect
+import io
 import logging
 import warnings
 from pathlib import Path
+from typing import List
 
 import numpy as np
 import torch
@@ -32,23 +34,29 @@ def max_onnx_opset() -> int:
         return max(symbolic_helper._onnx_main_opset, *symbolic_helper._onnx_stable_opsets)
 
 
+def trace_to_onnx(module: torch.nn.Module, sample: torch.Tensor, target, opset: int, output_names: List[str],
+                  dynamic_batch: bool) -> None:
+    """torch.onnx.export of `module` (input `images`) with the TorchScript exporter, to a path or a buffer."""
+    kwargs = dict(opset_version=opset, input_names=["images"], output_names=output_names, do_constant_folding=True)
+    if dynamic_batch:
+        kwargs["dynamic_axes"] = {name: {0: "batch"} for name in ["images"] + output_names}
+    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
+        kwargs["dynamo"] = False  # the TorchScript exporter: stable graphs for every opset we allow
+    with torch.no_grad(), warnings.catch_warnings():
+        # torch >= 2.9 calls the TorchScript exporter legacy; it is the one every supported torch shares
+        warnings.simplefilter("ignore", DeprecationWarning)
+        # the head's grid-size check is traced as a constant: right, as the export size is fixed
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        torch.onnx.export(module, (sample,), target if isinstance(target, io.BytesIO) else str(target), **kwargs)
+
+
 def export_onnx(model: DetectionModel, path: Path, img_size: int, opset: int, dynamic_batch: bool = False) -> Path:
     """Write `path` (input `images` 1x3xSxS float 0-1, output `output0` decoded rows) and check it."""
     model = copy.deepcopy(model).float().cpu().eval().fuse()
     model.detect.export = True
     dummy = torch.rand(1, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
-    kwargs = dict(opset_version=opset, input_names=["images"], output_names=["output0"], do_constant_folding=True)
-    if dynamic_batch:
-        kwargs["dynamic_axes"] = {"images": {0: "batch"}, "output0": {0: "batch"}}
-    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
-        kwargs["dynamo"] = False  # the TorchScript exporter: stable graphs for every opset we allow
     try:
-        with torch.no_grad(), warnings.catch_warnings():
-            # torch >= 2.9 calls the TorchScript exporter legacy; it is the one every supported torch shares
-            warnings.simplefilter("ignore", DeprecationWarning)
-            # the head's grid-size check is traced as a constant: right, as the export size is fixed
-            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-            torch.onnx.export(model, (dummy,), str(path), **kwargs)
+        trace_to_onnx(model, dummy, path, opset, ["output0"], dynamic_batch)
         verify_onnx(model, path, dummy)
     except ExportError:
         raise

@@ -1,9 +1,11 @@
 """Batched inference: images read and letterboxed in loader workers, moved as uint8, normalised on the device."""
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -14,6 +16,8 @@ from utils.boxes import unletterbox_boxes
 from utils.images import ImageReadError, read_image
 from utils.letterbox import letterbox
 from utils.nms import non_max_suppression
+
+LOG = logging.getLogger(__name__)
 
 
 @dataclass
@@ -75,6 +79,32 @@ class Detector:
         return self.model(x.float().div_(255))
 
 
+class ForwardPass(Protocol):
+    """What `detect` needs of a detector: the torch `Detector` or `utils.onnx_detector.OnnxDetector`."""
+
+    names: Dict[int, str]
+
+    def __call__(self, images_uint8: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        ...
+
+
+def make_detector(model: DetectionModel, device: torch.device, img_size: int) -> ForwardPass:
+    """The fastest way this machine runs the model: onnxruntime on a CPU, torch on a GPU (or where the ONNX
+    session cannot be built, which is logged)."""
+    if device.type == "cpu":
+        from utils.onnx_detector import OnnxDetector
+
+        try:
+            started = time.perf_counter()
+            detector = OnnxDetector(model, img_size, torch.get_num_threads())
+            LOG.info("model exported to onnxruntime for CPU inference in %.1f s", time.perf_counter() - started)
+            return detector
+        except Exception as exc:  # an exporter or runtime limitation must not cost the task: torch can run it
+            LOG.warning("onnxruntime unavailable for this model (%s: %s); inference runs in torch",
+                        type(exc).__name__, exc)
+    return Detector(model, device)
+
+
 @dataclass
 class BatchOutput:
     """One forward pass and its NMS: detections in letterboxed-input pixels, with their raw row indices."""
@@ -85,7 +115,7 @@ class BatchOutput:
     indices: List[torch.Tensor]  # per image (n,): rows of `decoded`
 
 
-def detect(detector: Detector, images_uint8: torch.Tensor, metas: List[ImageMeta], conf_thres: float,
+def detect(detector: ForwardPass, images_uint8: torch.Tensor, metas: List[ImageMeta], conf_thres: float,
            iou_thres: float, max_det: int) -> BatchOutput:
     decoded, levels = detector(images_uint8)
     dets, indices = non_max_suppression(decoded, conf_thres, iou_thres, max_det=max_det, return_indices=True)

@@ -6,7 +6,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
-from utils.inference import BatchOutput, Detector, ImageMeta, detect
+from utils.inference import BatchOutput, ForwardPass, ImageMeta, detect
 from utils.nms import non_max_suppression
 from ymir.config import MiningConfig
 from ymir.mining import UNREADABLE_SCORE
@@ -63,7 +63,7 @@ class CaldScorer(Scorer):
     """Reference predictions come from the shared pass; four augmented copies per image with detections are
     run through the detector in extra passes. Augmentations apply to the letterboxed network input."""
 
-    def __init__(self, detector: Detector, config: MiningConfig, label_histogram: Optional[np.ndarray]):
+    def __init__(self, detector: ForwardPass, config: MiningConfig, label_histogram: Optional[np.ndarray]):
         self.detector, self.config = detector, config
         self.label_histogram = label_histogram
 
@@ -103,7 +103,7 @@ class CaldScorer(Scorer):
         return scores
 
 
-def make_scorer(config: MiningConfig, count: int, detector: Optional[Detector], nc: int,
+def make_scorer(config: MiningConfig, count: int, detector: Optional[ForwardPass], nc: int,
                 label_histogram: Optional[np.ndarray]) -> Scorer:
     algorithm = config.mining_algorithm
     if algorithm == "random":

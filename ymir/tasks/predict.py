@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
 from utils.checkpoint import build_model
-from utils.inference import Detector, LetterboxedImages, collate, detect, in_original_pixels
+from utils.inference import LetterboxedImages, collate, detect, in_original_pixels, make_detector
 from ymir.context import TaskContext
 from ymir.dataset import read_candidates
 from ymir.devices import select_device
@@ -82,7 +82,7 @@ def _predict_shard(ctx: TaskContext, candidates: Sequence[Tuple[str, object]], c
     config = ctx.config
     settings = config.mining or config.infer
     rank, world = rank_and_world()
-    detector = Detector(build_model(ckpt), device)
+    detector = make_detector(build_model(ckpt), device, settings.img_size)
     histogram = ckpt.meta.get("class_histogram")
     scorer = make_scorer(config.mining, len(candidates), detector, ckpt.nc,
                          np.asarray(histogram, dtype=np.float64) if histogram else None) if config.mining else None

@@ -1,0 +1,58 @@
+"""CPU inference through onnxruntime gives what the torch detector gives, for any batch size."""
+import logging
+
+import pytest
+import torch
+
+from models.yolo import DetectionModel
+from utils import onnx_detector
+from utils.inference import Detector, make_detector
+from utils.onnx_detector import OnnxDetector
+
+SIZE = 96
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return DetectionModel("yolov5n", nc=3).eval()
+
+
+def images(batch, seed):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (batch, 3, SIZE, SIZE), dtype=torch.uint8, generator=generator)
+
+
+def test_onnx_detector_equals_the_torch_detector(model):
+    ours, reference = OnnxDetector(model, SIZE, threads=2), Detector(model, torch.device("cpu"))
+    assert ours.names == reference.names
+    for batch in (1, 3):
+        x = images(batch, batch)
+        decoded, levels = ours(x)
+        expected_decoded, expected_levels = reference(x)
+        assert decoded.shape == expected_decoded.shape == (batch, 3 * (12 ** 2 + 6 ** 2 + 3 ** 2), 8)
+        assert (decoded - expected_decoded).abs().max().item() < 1e-3  # pixels
+        assert [lv.shape for lv in levels] == [lv.shape for lv in expected_levels]
+        assert max((a - b).abs().max().item() for a, b in zip(levels, expected_levels)) < 1e-4
+
+
+def test_an_image_gets_the_same_output_alone_or_in_any_batch(model):
+    """Sharding changes which images share a batch; the results must not change with it."""
+    ours = OnnxDetector(model, SIZE, threads=2)
+    x = images(5, 7)
+    together, _ = ours(x)
+    for i in range(5):
+        alone, _ = ours(x[i:i + 1])
+        assert torch.equal(alone[0], together[i])
+
+
+def test_make_detector_uses_onnxruntime_on_cpu_and_falls_back_to_torch(model, monkeypatch, caplog):
+    assert isinstance(make_detector(model, torch.device("cpu"), SIZE), OnnxDetector)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("exporter says no")
+    monkeypatch.setattr(onnx_detector.OnnxDetector, "__init__", broken)
+    with caplog.at_level(logging.WARNING):
+        detector = make_detector(model, torch.device("cpu"), SIZE)
+    assert isinstance(detector, Detector)
+    assert "exporter says no" in caplog.text and "inference runs in torch" in caplog.text
