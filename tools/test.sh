@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 FLOOR_TESTS=(
   tests/test_config.py tests/test_dataset.py tests/test_outputs.py tests/test_start.py tests/test_checkpoint.py
-  tests/test_predict_task.py tests/test_export.py
+  tests/test_predict_task.py tests/test_export.py tests/test_onnx_detector.py
   tests/test_train_task.py::test_training_writes_stages_the_platform_packs
   tests/test_train_task.py::test_bundled_official_weights
   tests/test_train_task.py::test_an_opset_this_torch_cannot_write_is_a_config_error_before_training
