@@ -65,17 +65,26 @@ def export_onnx(model: DetectionModel, path: Path, img_size: int, opset: int, dy
     return path
 
 
+def check_session(session, module: torch.nn.Module, sample: torch.Tensor) -> float:
+    """Run `sample` through the onnxruntime session and the torch module; every output must have the same shape
+    and agree within TOLERANCE. Returns the largest absolute difference; raises ExportError otherwise."""
+    got = session.run(None, {"images": sample.numpy()})
+    with torch.no_grad():
+        expected = module(sample)
+    expected = [e.numpy() for e in (expected if isinstance(expected, (tuple, list)) else (expected,))]
+    shapes, expected_shapes = [g.shape for g in got], [e.shape for e in expected]
+    diff = max(float(np.abs(g - e).max()) for g, e in zip(got, expected)) if shapes == expected_shapes else None
+    if diff is None or diff > TOLERANCE:
+        raise ExportError(f"ONNX output differs from torch: shape {shapes} vs {expected_shapes}, max diff {diff}")
+    return diff
+
+
 def verify_onnx(model: DetectionModel, path: Path, sample: torch.Tensor) -> float:
     import onnx
     import onnxruntime
 
     onnx.checker.check_model(onnx.load(str(path)))
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {"images": sample.numpy()})[0]
-    with torch.no_grad():
-        expected = model(sample).numpy()
-    diff = float(np.abs(got - expected).max())
-    if got.shape != expected.shape or diff > TOLERANCE:
-        raise ExportError(f"ONNX output differs from torch: shape {got.shape} vs {expected.shape}, max diff {diff}")
+    diff = check_session(session, model, sample)
     LOG.info("ONNX model %s verified in onnxruntime (max difference %.2e)", path, diff)
     return diff

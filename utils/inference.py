@@ -16,6 +16,7 @@ from utils.boxes import unletterbox_boxes
 from utils.images import ImageReadError, read_image
 from utils.letterbox import letterbox
 from utils.nms import non_max_suppression
+from utils.onnx_detector import OnnxDetector
 
 LOG = logging.getLogger(__name__)
 
@@ -92,8 +93,6 @@ def make_detector(model: DetectionModel, device: torch.device, img_size: int) ->
     """The fastest way this machine runs the model: onnxruntime on a CPU, torch on a GPU (or where the ONNX
     session cannot be built, which is logged)."""
     if device.type == "cpu":
-        from utils.onnx_detector import OnnxDetector
-
         try:
             started = time.perf_counter()
             detector = OnnxDetector(model, img_size, torch.get_num_threads())

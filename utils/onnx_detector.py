@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import io
-import logging
 from typing import List, Tuple
 
 import numpy as np
@@ -17,11 +16,9 @@ import torch
 import torch.nn as nn
 
 from models.yolo import DetectionModel
-from utils.export import ExportError, max_onnx_opset, trace_to_onnx
+from utils.export import check_session, max_onnx_opset, trace_to_onnx
 
-LOG = logging.getLogger(__name__)
 OPSET = 17  # or the newest the installed torch writes, if older
-TOLERANCE = 1e-3  # decoded rows are in input pixels: 1e-3 px is far below any rounding of the results
 # Fusing SiLU (x * sigmoid(x)) into one QuickGelu node keeps the convolutions from staying in onnxruntime's
 # blocked (NCHWc) layout: every conv would convert its output back and forth. Without that fusion the graph
 # runs 6-7 % faster on x86 (bench/RESULTS.md).
@@ -43,15 +40,12 @@ class _NormalisingModel(nn.Module):
 class OnnxDetector:
     """Call it with a uint8 (B, 3, S, S) CPU batch; returns (decoded (B, N, 5 + nc), raw per-level maps)."""
 
-    device = torch.device("cpu")
-
     def __init__(self, model: DetectionModel, img_size: int, threads: int):
         import onnxruntime
 
         model = copy.deepcopy(model).float().cpu().eval().fuse()
         model.detect.export = False
         self.names = dict(model.names)
-        self.img_size = img_size
         wrapped = _NormalisingModel(model).eval()
         sample = torch.randint(0, 256, (2, 3, img_size, img_size), dtype=torch.uint8,
                                generator=torch.Generator().manual_seed(0))
@@ -64,16 +58,8 @@ class OnnxDetector:
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = onnxruntime.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"],
                                                     disabled_optimizers=DISABLED_OPTIMIZERS)
-        self._check(wrapped, sample)
+        check_session(self.session, wrapped, sample)  # decoded rows within 1e-3 px, raw maps within 1e-3
 
     def __call__(self, images_uint8: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         outputs = self.session.run(None, {"images": np.ascontiguousarray(images_uint8.numpy())})
         return torch.from_numpy(outputs[0]), [torch.from_numpy(level) for level in outputs[1:]]
-
-    def _check(self, wrapped: nn.Module, sample: torch.Tensor) -> None:
-        with torch.no_grad():
-            expected = wrapped(sample)
-        got = self.session.run(None, {"images": sample.numpy()})
-        diff = max(float(np.abs(g - e.numpy()).max()) for g, e in zip(got, expected))
-        if len(got) != len(expected) or diff > TOLERANCE:
-            raise ExportError(f"onnxruntime output differs from torch by {diff:.2e}")

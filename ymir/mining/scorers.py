@@ -72,6 +72,11 @@ class CaldScorer(Scorer):
         return Prediction(det[:, :4].numpy().astype(np.float64), det[:, 4].numpy().astype(np.float64),
                           class_distribution(out.decoded[b, idx, 5:].numpy()))
 
+    @staticmethod
+    def _strongest_candidate(out: BatchOutput, b: int) -> float:
+        """The highest objectness x class probability among image b's raw predictions."""
+        return float((out.decoded[b, :, 4:5] * out.decoded[b, :, 5:]).max())
+
     def score_batch(self, images, out, metas, keys):
         cfg = self.config
         references = [self._predictions(out, b) for b in range(len(metas))]
@@ -91,14 +96,13 @@ class CaldScorer(Scorer):
             blank = [ImageMeta(0, (0, 0), (1.0, 1.0), (0.0, 0.0))] * len(chunk)
             aug_out = detect(self.detector, batch, blank, cfg.conf_thres, cfg.iou_thres, cfg.max_det)
             augmented += [self._predictions(aug_out, i) for i in range(len(chunk))]
-        strongest = (out.decoded[..., 4:5] * out.decoded[..., 5:]).flatten(1).amax(1).tolist()  # (B,)
         scores = []
         for b, ref in enumerate(references):
             pairs = [(job[1], pred) for job, pred in zip(jobs, augmented) if job[0] == b]
             metric = cald_metric(ref, pairs)
             vector = class_vector([ref] + [p for _, p in pairs], out.decoded.shape[2] - 5) \
                 if self.label_histogram is not None else None
-            evidence = strongest[b] if len(ref) == 0 else 0.0
+            evidence = self._strongest_candidate(out, b) if len(ref) == 0 else 0.0
             scores.append(cald_score(metric, vector, self.label_histogram, evidence))
         return scores
 
