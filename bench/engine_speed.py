@@ -6,6 +6,7 @@ torch path beside it. The sides take turns case by case, each in a fresh process
 weights and the same images; the ratio is ours / oracle in images per second (higher is better).
 
     .venv/bin/python bench/engine_speed.py [--seconds 6] [--rounds 2] [--quick] [--only infer|train]
+                                                 [--case yolov5s/320/8]
 """
 import argparse
 import json
@@ -66,6 +67,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="yolov5n at 320 only")
     parser.add_argument("--only", choices=("infer", "train"), help="one kind of case")
+    parser.add_argument("--case", help="one model/size/batch, e.g. yolov5s/320/8")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp)
@@ -75,6 +77,10 @@ def main():
             rows = [(k, c) for k, c in rows if c[0] == "yolov5n" and c[1] == 320]
         if args.only:
             rows = [(k, c) for k, c in rows if k == args.only]
+        if args.case:
+            rows = [(k, c) for k, c in rows if "/".join(map(str, c)) == args.case]
+            if not rows:
+                parser.error(f"no case {args.case}: one of {sorted({'/'.join(map(str, c)) for c in INFER_CASES})}")
         print("| task | model | size | batch | ours img/s | oracle img/s | ratio | ours in torch img/s | ratio |")
         print("|---|---|---|---|---|---|---|---|---|")
         for kind, case in rows:

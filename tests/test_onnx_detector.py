@@ -1,13 +1,17 @@
 """CPU inference through onnxruntime gives what the torch detector gives, for any batch size."""
+import copy
+import io
 import logging
 
+import onnx
 import pytest
 import torch
 
 from models.yolo import DetectionModel
 from utils import onnx_detector
+from utils.export import trace_to_onnx
 from utils.inference import Detector, make_detector
-from utils.onnx_detector import OnnxDetector
+from utils.onnx_detector import OnnxDetector, _NormalisingModel
 
 SIZE = 96
 
@@ -56,3 +60,13 @@ def test_make_detector_uses_onnxruntime_on_cpu_and_falls_back_to_torch(model, mo
         detector = make_detector(model, torch.device("cpu"), SIZE)
     assert isinstance(detector, Detector)
     assert "exporter says no" in caplog.text and "inference runs in torch" in caplog.text
+
+
+def test_the_exported_graph_holds_the_cell_grids_as_constants(model):
+    """The head's grids depend only on the export size: no per-run arithmetic on the input's shape for them."""
+    wrapped = _NormalisingModel(copy.deepcopy(model).fuse()).eval()
+    buffer = io.BytesIO()
+    trace_to_onnx(wrapped, images(2, 0), buffer, 13, ["decoded", "level0", "level1", "level2"], dynamic_batch=True)
+    ops = {node.op_type for node in onnx.load_from_string(buffer.getvalue()).graph.node}
+    assert "Conv" in ops
+    assert not ops & {"Range", "Where", "Expand", "ConstantOfShape"}
