@@ -14,7 +14,8 @@ set. Every step runs the executor itself (`start.py`) on YMIR-style /in and /out
             from the executor's own timing line (the forward/score loop, without start-up)
 
     .venv/bin/python bench/mining_bench.py [--seeds 1] [--first-seed 0] [--pool 360] [--initial 120]
-                                           [--rounds 2] [--budget 60]
+                                           [--rounds 2] [--budget 60] [--skip-speed]
+                                           [--finetune-options "--hyp warmup_epochs=1 lr0=0.01 mosaic=0"]
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ METHODS = ("random", "entropy", "aldd", "cald")
 # Variants measured in the proxy and speed sections only: the mining config each adds to its algorithm.
 VARIANTS = {"aldd@input": ("aldd", {"aldd_resolution": "input"})}
 SIZE = 160
-TRAIN_OPTIONS = "--hyp warmup_epochs=0 mosaic=0 lr0=0.02"
+TRAIN_OPTIONS = "--hyp warmup_epochs=0 mosaic=0 lr0=0.02"  # round 0, from scratch; later rounds by default too
 
 
 def draw(rng: np.random.Generator):
@@ -122,9 +123,9 @@ class Task:
         return proc.stdout + proc.stderr
 
 
-def train(work: Path, labelled, test, epochs: int, start_from: Path = None):
+def train(work: Path, labelled, test, epochs: int, start_from: Path = None, options: str = TRAIN_OPTIONS):
     task = Task(work, "training", {"model": "yolov5n", "epochs": epochs, "img_size": SIZE, "batch_size_per_gpu": 16,
-                                   "num_workers_per_gpu": 1, "args_options": TRAIN_OPTIONS, "export_format": "ark:raw"})
+                                   "num_workers_per_gpu": 1, "args_options": options, "export_format": "ark:raw"})
     task.add_split("train", labelled)
     task.add_split("val", test)
     if start_from:
@@ -203,6 +204,9 @@ def main():
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--epochs0", type=int, default=60)
     parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--finetune-options", default=TRAIN_OPTIONS,
+                        help="args_options of the fine-tuning after each mining round (round 0 keeps the default)")
+    parser.add_argument("--skip-speed", action="store_true", help="leave out the speed section")
     args = parser.parse_args()
     started = time.time()
     gains = {m: [] for m in METHODS}
@@ -225,12 +229,12 @@ def main():
                                                         infer=True)
                 proxy_scores[method] = scores
                 correlations[method].append(spearman(scores, image_errors(paths, detections, pool)))
-                if seed == args.first_seed:
+                if seed == args.first_seed and not args.skip_speed:
                     speeds[f"{method} + inference"] = speed
                     speeds[f"{method} alone"] = mine(tmp / f"speed-{method}", model0, pool, method)[3]
             for variant, (algorithm, _) in VARIANTS.items():
                 agreement[variant].append(spearman(proxy_scores[variant], proxy_scores[algorithm]))
-            if seed == args.first_seed:
+            if seed == args.first_seed and not args.skip_speed:
                 speeds["inference alone"] = mine(tmp / "speed-infer", model0, pool, "", infer=True, mining=False)[3]
             for method in METHODS:
                 labelled, model, maps = set(initial), model0, [map0]
@@ -241,13 +245,14 @@ def main():
                     order = np.argsort(-scores, kind="stable")[:args.budget]
                     labelled |= {unlabelled[i] for i in order}
                     model, m = train(tmp / f"s{seed}-{method}-r{r}", [pool[i] for i in sorted(labelled)], test,
-                                     args.epochs, start_from=model)
+                                     args.epochs, start_from=model, options=args.finetune_options)
                     maps.append(m)
                 gains[method].append(maps[-1] - map0)
                 finals[method].append(maps[-1])
                 print(f"seed {seed} {method}: mAP@0.5 by round {' -> '.join(f'{m:.4f}' for m in maps)}", flush=True)
     print(f"\n{args.seeds} seeds, pool {args.pool}, test {args.test}, initial {args.initial}, "
-          f"{args.rounds} rounds of {args.budget}, {time.time() - started:.0f} s\n")
+          f"{args.rounds} rounds of {args.budget}, fine-tuning {args.finetune_options!r}, "
+          f"{time.time() - started:.0f} s\n")
     print("| method | final mAP@0.5 (mean) | gain over round 0 (mean) | per seed | Spearman(score, FN+FP) |")
     print("|---|---|---|---|---|")
     for m in METHODS:
@@ -256,6 +261,8 @@ def main():
     for v, (algorithm, _) in VARIANTS.items():
         print(f"| {v} | - | - | - | {np.mean(correlations[v]):+.3f} |")
         print(f"\nSpearman({v} score, {algorithm} score) over the pool: {np.mean(agreement[v]):+.3f}")
+    if args.skip_speed:
+        return
     base = speeds["inference alone"]
     print(f"\nplain inference: {base:.1f} images/s\n")
     print("| method | mining images/s | cost vs inference | mining + inference images/s | cost vs mining alone |")
