@@ -15,7 +15,7 @@ set. Every step runs the executor itself (`start.py`) on YMIR-style /in and /out
 
     .venv/bin/python bench/mining_bench.py [--seeds 1] [--first-seed 0] [--pool 360] [--initial 120]
                                            [--rounds 2] [--budget 60] [--skip-speed]
-                                           [--finetune-options "--hyp warmup_epochs=1 lr0=0.01 mosaic=0"]
+                                           [--finetune-options "--hyp warmup_epochs=0 mosaic=0 lr0=0.005"]
 """
 from __future__ import annotations
 

@@ -43,9 +43,9 @@ def trace_to_onnx(module: torch.nn.Module, sample: torch.Tensor, target, opset: 
     if "dynamo" in inspect.signature(torch.onnx.export).parameters:
         kwargs["dynamo"] = False  # the TorchScript exporter: stable graphs for every opset we allow
     with torch.no_grad(), warnings.catch_warnings():
-        # One eager pass first: the head builds its cell grids for the export size, so the trace holds them as
-        # constants instead of recomputing them from the input's shape on every run (Shape/Range/Expand/Where).
-        module(sample)
+        # One eager pass first (one image is enough): the head builds its cell grids for the export size, so the
+        # trace holds them as constants instead of recomputing them from the input's shape on every run.
+        module(sample[:1])
         # torch >= 2.9 calls the TorchScript exporter legacy; it is the one every supported torch shares
         warnings.simplefilter("ignore", DeprecationWarning)
         # the head's grid-size check is traced as a constant: right, as the export size is fixed
