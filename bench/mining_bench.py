@@ -13,9 +13,17 @@ set. Every step runs the executor itself (`start.py`) on YMIR-style /in and /out
   speed     images/s of plain inference, of mining with each algorithm, and of mining + inference in one run,
             from the executor's own timing line (the forward/score loop, without start-up)
 
+Round 0 trains from scratch at lr0 0.02; the fine-tuning rounds start from a trained model and use lr0 0.005
+(at 0.02 a round's model first fell below the one it started from; bench/RESULTS.md has both).
+Each seed's results can be appended to a JSON-lines file (--record) and any set of such files summarised
+together (--summarise), so seeds measured by separate runs combine into one table: per method the gain over
+round 0 (final and mean over rounds), the paired difference to random per seed with a bootstrap interval over
+seeds, and what each method selected (empty, hard and rare-class images, boxes per image).
+
     .venv/bin/python bench/mining_bench.py [--seeds 1] [--first-seed 0] [--pool 360] [--initial 120]
-                                           [--rounds 2] [--budget 60] [--skip-speed]
-                                           [--finetune-options "--hyp warmup_epochs=0 mosaic=0 lr0=0.005"]
+                                           [--rounds 2] [--budget 60] [--skip-speed] [--record FILE]
+                                           [--finetune-options "--hyp warmup_epochs=0 mosaic=0 lr0=0.02"]
+    .venv/bin/python bench/mining_bench.py --summarise FILE [FILE ...]
 """
 from __future__ import annotations
 
@@ -44,11 +52,12 @@ METHODS = ("random", "entropy", "aldd", "cald")
 # Variants measured in the proxy and speed sections only: the mining config each adds to its algorithm.
 VARIANTS = {"aldd@input": ("aldd", {"aldd_resolution": "input"})}
 SIZE = 160
-TRAIN_OPTIONS = "--hyp warmup_epochs=0 mosaic=0 lr0=0.02"  # round 0, from scratch; later rounds by default too
+TRAIN_OPTIONS = "--hyp warmup_epochs=0 mosaic=0 lr0=0.02"  # round 0, from scratch
+FINETUNE_OPTIONS = "--hyp warmup_epochs=0 mosaic=0 lr0=0.005"  # rounds 1.., warm-started from the previous round
 
 
 def draw(rng: np.random.Generator):
-    """One image and its boxes (class, x1, y1, x2, y2 inclusive); empty, normal or hard."""
+    """One image, its boxes (class, x1, y1, x2, y2 inclusive) and its kind: empty, normal or hard."""
     img = rng.integers(80, 150, size=(SIZE, SIZE, 3), dtype=np.uint8)
     img = cv2.GaussianBlur(img, (5, 5), 0)
     kind = rng.choice(["empty", "hard", "normal"], p=[0.15, 0.20, 0.65])
@@ -78,7 +87,7 @@ def draw(rng: np.random.Generator):
             cv2.fillPoly(img, [points], colour)
         boxes.append((cls, x1, y1, x2, y2))
     ok, jpeg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 92])
-    return jpeg.tobytes(), boxes
+    return jpeg.tobytes(), boxes, str(kind)
 
 
 class Task:
@@ -93,7 +102,7 @@ class Task:
 
     def add_split(self, name: str, items) -> None:
         lines = []
-        for jpeg, boxes in items:
+        for jpeg, boxes, _ in items:
             image = write_asset(self.in_dir, jpeg)
             sha1 = Path(image).stem
             anno = self.in_dir / "annotations" / sha1[-2:] / f"{sha1}.txt"
@@ -103,7 +112,7 @@ class Task:
         (self.in_dir / f"{name}-index.tsv").write_text("".join(lines))
 
     def add_candidates(self, items) -> list:
-        paths = [write_asset(self.in_dir, jpeg) for jpeg, _ in items]
+        paths = [write_asset(self.in_dir, jpeg) for jpeg, _, _ in items]
         (self.in_dir / "candidate-index.tsv").write_text("".join(p + "\n" for p in paths))
         return paths
 
@@ -158,7 +167,7 @@ def mine(work: Path, model: Path, pool, method: str, infer: bool = False, mining
 def image_errors(paths, detections, pool) -> np.ndarray:
     """FN + FP per image at IoU 0.5 (greedy, class-aware) of conf >= 0.25 detections."""
     errors = []
-    for path, (_, boxes) in zip(paths, pool):
+    for path, (_, boxes, _) in zip(paths, pool):
         found = detections[path.rsplit("/", 1)[1]]["boxes"]
         found = sorted(found, key=lambda b: -b["score"])
         truth = [(c, x1, y1, x2 + 1, y2 + 1) for c, x1, y1, x2, y2 in boxes]
@@ -193,6 +202,132 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def selection_stats(items) -> dict:
+    """What a set of pool images holds: how many, how many empty / hard / with the rare class, how many boxes."""
+    rare = len(CLASSES) - 1
+    return {"images": len(items), "empty": sum(kind == "empty" for _, _, kind in items),
+            "hard": sum(kind == "hard" for _, _, kind in items),
+            "rare": sum(any(b[0] == rare for b in boxes) for _, boxes, _ in items),
+            "boxes": sum(len(boxes) for _, boxes, _ in items)}
+
+
+def run_seed(seed: int, args, tmp: Path) -> dict:
+    """One seed: round 0, the proxy (and the speed section if asked), then the rounds of every method."""
+    started = time.time()
+    rng = np.random.default_rng(100 + seed)
+    pool = [draw(rng) for _ in range(args.pool)]
+    test = [draw(rng) for _ in range(args.test)]
+    initial = set(rng.choice(args.pool, args.initial, replace=False).tolist())
+    model0, map0 = train(tmp / f"s{seed}-r0", [pool[i] for i in sorted(initial)], test, args.epochs0)
+    print(f"seed {seed}: round 0 mAP@0.5 {map0:.4f} ({len(initial)} images)", flush=True)
+    record = {"seed": seed, "protocol": protocol(args), "map0": map0, "methods": {}, "spearman": {},
+              "agreement": {}, "speed": {},
+              "unlabelled": selection_stats([pool[i] for i in range(args.pool) if i not in initial])}
+    proxy_scores = {}
+    for method in METHODS + tuple(VARIANTS):
+        paths, scores, detections, speed = mine(tmp / f"s{seed}-proxy-{method}", model0, pool, method, infer=True)
+        proxy_scores[method] = scores
+        record["spearman"][method] = spearman(scores, image_errors(paths, detections, pool))
+        if args.speed:
+            record["speed"][f"{method} + inference"] = speed
+            record["speed"][f"{method} alone"] = mine(tmp / f"s{seed}-speed-{method}", model0, pool, method)[3]
+    for variant, (algorithm, _) in VARIANTS.items():
+        record["agreement"][variant] = spearman(proxy_scores[variant], proxy_scores[algorithm])
+    if args.speed:
+        record["speed"]["inference alone"] = mine(tmp / f"s{seed}-speed-infer", model0, pool, "", infer=True,
+                                                  mining=False)[3]
+    for method in METHODS:
+        labelled, model, maps, selected = set(initial), model0, [map0], []
+        for r in range(1, args.rounds + 1):
+            unlabelled = [i for i in range(args.pool) if i not in labelled]
+            _, scores, _, _ = mine(tmp / f"s{seed}-{method}-m{r}", model, [pool[i] for i in unlabelled], method)
+            picked = [unlabelled[i] for i in np.argsort(-scores, kind="stable")[:args.budget]]
+            selected.append(selection_stats([pool[i] for i in picked]))
+            labelled |= set(picked)
+            model, m = train(tmp / f"s{seed}-{method}-r{r}", [pool[i] for i in sorted(labelled)], test,
+                             args.epochs, start_from=model, options=args.finetune_options)
+            maps.append(m)
+        record["methods"][method] = {"maps": maps, "selected": selected}
+        print(f"seed {seed} {method}: mAP@0.5 by round {' -> '.join(f'{m:.4f}' for m in maps)}", flush=True)
+    record["seconds"] = round(time.time() - started)
+    return record
+
+
+def protocol(args) -> dict:
+    return {k: getattr(args, k) for k in ("pool", "test", "initial", "budget", "rounds", "epochs0", "epochs",
+                                          "finetune_options")}
+
+
+def bootstrap_interval(values: np.ndarray, draws: int = 10000) -> tuple:
+    """95 % percentile interval of the mean over seeds, resampling seeds (fixed generator)."""
+    if len(values) < 2:
+        return float("nan"), float("nan")
+    means = values[np.random.default_rng(0).integers(0, len(values), size=(draws, len(values)))].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def summarise(records: list) -> None:
+    protocols = {json.dumps(r["protocol"], sort_keys=True) for r in records}
+    if len(protocols) != 1:
+        raise SystemExit(f"records come from different protocols, not summarised together: {sorted(protocols)}")
+    records = sorted(records, key=lambda r: r["seed"])
+    if len({r["seed"] for r in records}) != len(records):
+        raise SystemExit("a seed appears twice in the records")
+    proto = records[0]["protocol"]
+    print(f"\nseeds {', '.join(str(r['seed']) for r in records)}; pool {proto['pool']}, test {proto['test']}, "
+          f"initial {proto['initial']}, {proto['rounds']} rounds of {proto['budget']}, round 0 {proto['epochs0']} "
+          f"epochs, {proto['epochs']} epochs per round at {proto['finetune_options']!r}; "
+          f"{sum(r['seconds'] for r in records)} s\n")
+    for r in records:
+        print(f"seed {r['seed']}: round 0 {r['map0']:.4f}; " + "; ".join(
+            f"{m} {' -> '.join(f'{v:.4f}' for v in r['methods'][m]['maps'][1:])}" for m in METHODS))
+    final = {m: np.array([r["methods"][m]["maps"][-1] - r["map0"] for r in records]) for m in METHODS}
+    mean = {m: np.array([np.mean(r["methods"][m]["maps"][1:]) - r["map0"] for r in records]) for m in METHODS}
+    print("\n| method | gain over round 0, final | gain, mean over rounds | final gain - random's: mean [95 % CI], "
+          "seeds ahead | mean-over-rounds gain - random's | Spearman(score, FN+FP) |")
+    print("|---|---|---|---|---|---|")
+    for m in METHODS:
+        cells = [f"{final[m].mean():+.4f}", f"{mean[m].mean():+.4f}"]
+        if m == "random":
+            cells += ["-", "-"]
+        else:
+            for gains in (final, mean):
+                d = gains[m] - gains["random"]
+                lo, hi = bootstrap_interval(d)
+                cells.append(f"{d.mean():+.4f} [{lo:+.4f}, {hi:+.4f}], {int((d > 0).sum())}/{len(d)}")
+        rho = [r["spearman"][m] for r in records]
+        print(f"| {m} | {' | '.join(cells)} | {np.mean(rho):+.3f} ({', '.join(f'{x:+.3f}' for x in rho)}) |")
+    for v, (algorithm, _) in VARIANTS.items():
+        rho = [r["spearman"][v] for r in records]
+        agree = np.mean([r["agreement"][v] for r in records])
+        print(f"| {v} | - | - | - | - | {np.mean(rho):+.3f} ({', '.join(f'{x:+.3f}' for x in rho)}) |")
+        print(f"\nSpearman({v} score, {algorithm} score) over the pool: {agree:+.3f}")
+    print("\nWhat each method selected, all rounds and seeds (share of the selected images; the unlabelled pool "
+          "before round 1 for comparison):\n")
+    print("| method | empty | hard | with the rare class | boxes per image |")
+    print("|---|---|---|---|---|")
+    rows = [("unlabelled pool", [r["unlabelled"] for r in records])]
+    rows += [(m, [s for r in records for s in r["methods"][m]["selected"]]) for m in METHODS]
+    for name, stats in rows:
+        total = {k: sum(s[k] for s in stats) for k in ("images", "empty", "hard", "rare", "boxes")}
+        n = total["images"]
+        print(f"| {name} | {total['empty'] / n:.0%} | {total['hard'] / n:.0%} | {total['rare'] / n:.0%} | "
+              f"{total['boxes'] / n:.2f} |")
+    speed = next((r["speed"] for r in records if r["speed"]), None)
+    if not speed:
+        return
+    base = speed["inference alone"]
+    print(f"\nplain inference: {base:.1f} images/s\n")
+    print("| method | mining images/s | cost vs inference | mining + inference images/s | cost vs mining alone |")
+    print("|---|---|---|---|---|")
+    for m in METHODS + tuple(VARIANTS):
+        alone, both = speed[f"{m} alone"], speed[f"{m} + inference"]
+        if alone is None:
+            print(f"| {m} | no forward pass | - | {both:.1f} | - |")
+        else:
+            print(f"| {m} | {alone:.1f} | {base / alone:.2f}x | {both:.1f} | {alone / both:.2f}x |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=1)
@@ -204,75 +339,26 @@ def main():
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--epochs0", type=int, default=60)
     parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--finetune-options", default=TRAIN_OPTIONS,
-                        help="args_options of the fine-tuning after each mining round (round 0 keeps the default)")
-    parser.add_argument("--skip-speed", action="store_true", help="leave out the speed section")
+    parser.add_argument("--finetune-options", default=FINETUNE_OPTIONS,
+                        help="args_options of the fine-tuning after each mining round (round 0 keeps its own)")
+    parser.add_argument("--skip-speed", dest="speed", action="store_false",
+                        help="leave out the speed section (otherwise measured with the first seed)")
+    parser.add_argument("--record", type=Path, help="append each seed's results to this JSON-lines file")
+    parser.add_argument("--summarise", type=Path, nargs="+", metavar="FILE",
+                        help="run nothing: summarise the seeds recorded in these files")
     args = parser.parse_args()
-    started = time.time()
-    gains = {m: [] for m in METHODS}
-    finals = {m: [] for m in METHODS}
-    correlations = {m: [] for m in METHODS + tuple(VARIANTS)}
-    agreement = {v: [] for v in VARIANTS}
-    speeds = {}
-    with tempfile.TemporaryDirectory(prefix="mining-bench-") as tmp:
-        tmp = Path(tmp)
-        for seed in range(args.first_seed, args.first_seed + args.seeds):
-            rng = np.random.default_rng(100 + seed)
-            pool = [draw(rng) for _ in range(args.pool)]
-            test = [draw(rng) for _ in range(args.test)]
-            initial = set(rng.choice(args.pool, args.initial, replace=False).tolist())
-            model0, map0 = train(tmp / f"s{seed}-r0", [pool[i] for i in sorted(initial)], test, args.epochs0)
-            print(f"seed {seed}: round 0 mAP@0.5 {map0:.4f} ({len(initial)} images)", flush=True)
-            proxy_scores = {}
-            for method in METHODS + tuple(VARIANTS):
-                paths, scores, detections, speed = mine(tmp / f"s{seed}-proxy-{method}", model0, pool, method,
-                                                        infer=True)
-                proxy_scores[method] = scores
-                correlations[method].append(spearman(scores, image_errors(paths, detections, pool)))
-                if seed == args.first_seed and not args.skip_speed:
-                    speeds[f"{method} + inference"] = speed
-                    speeds[f"{method} alone"] = mine(tmp / f"speed-{method}", model0, pool, method)[3]
-            for variant, (algorithm, _) in VARIANTS.items():
-                agreement[variant].append(spearman(proxy_scores[variant], proxy_scores[algorithm]))
-            if seed == args.first_seed and not args.skip_speed:
-                speeds["inference alone"] = mine(tmp / "speed-infer", model0, pool, "", infer=True, mining=False)[3]
-            for method in METHODS:
-                labelled, model, maps = set(initial), model0, [map0]
-                for r in range(1, args.rounds + 1):
-                    unlabelled = [i for i in range(args.pool) if i not in labelled]
-                    _, scores, _, _ = mine(tmp / f"s{seed}-{method}-m{r}", model, [pool[i] for i in unlabelled],
-                                           method)
-                    order = np.argsort(-scores, kind="stable")[:args.budget]
-                    labelled |= {unlabelled[i] for i in order}
-                    model, m = train(tmp / f"s{seed}-{method}-r{r}", [pool[i] for i in sorted(labelled)], test,
-                                     args.epochs, start_from=model, options=args.finetune_options)
-                    maps.append(m)
-                gains[method].append(maps[-1] - map0)
-                finals[method].append(maps[-1])
-                print(f"seed {seed} {method}: mAP@0.5 by round {' -> '.join(f'{m:.4f}' for m in maps)}", flush=True)
-    print(f"\n{args.seeds} seeds, pool {args.pool}, test {args.test}, initial {args.initial}, "
-          f"{args.rounds} rounds of {args.budget}, fine-tuning {args.finetune_options!r}, "
-          f"{time.time() - started:.0f} s\n")
-    print("| method | final mAP@0.5 (mean) | gain over round 0 (mean) | per seed | Spearman(score, FN+FP) |")
-    print("|---|---|---|---|---|")
-    for m in METHODS:
-        print(f"| {m} | {np.mean(finals[m]):.4f} | {np.mean(gains[m]):+.4f} | "
-              f"{', '.join(f'{g:+.4f}' for g in gains[m])} | {np.mean(correlations[m]):+.3f} |")
-    for v, (algorithm, _) in VARIANTS.items():
-        print(f"| {v} | - | - | - | {np.mean(correlations[v]):+.3f} |")
-        print(f"\nSpearman({v} score, {algorithm} score) over the pool: {np.mean(agreement[v]):+.3f}")
-    if args.skip_speed:
+    if args.summarise:
+        summarise([json.loads(line) for f in args.summarise for line in f.read_text().splitlines() if line.strip()])
         return
-    base = speeds["inference alone"]
-    print(f"\nplain inference: {base:.1f} images/s\n")
-    print("| method | mining images/s | cost vs inference | mining + inference images/s | cost vs mining alone |")
-    print("|---|---|---|---|---|")
-    for m in METHODS + tuple(VARIANTS):
-        alone, both = speeds[f"{m} alone"], speeds[f"{m} + inference"]
-        if alone is None:
-            print(f"| {m} | no forward pass | - | {both:.1f} | - |")
-        else:
-            print(f"| {m} | {alone:.1f} | {base / alone:.2f}x | {both:.1f} | {alone / both:.2f}x |")
+    records = []
+    with tempfile.TemporaryDirectory(prefix="mining-bench-") as tmp:
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
+            records.append(run_seed(seed, args, Path(tmp)))
+            args.speed = False  # the speed section runs with the first seed only
+            if args.record:
+                with args.record.open("a") as f:
+                    f.write(json.dumps(records[-1]) + "\n")
+    summarise(records)
 
 
 if __name__ == "__main__":
