@@ -24,6 +24,7 @@ seeds, and what each method selected (empty, hard and rare-class images, boxes p
                                            [--rounds 2] [--budget 60] [--skip-speed] [--record FILE]
                                            [--finetune-options "--hyp warmup_epochs=0 mosaic=0 lr0=0.02"]
     .venv/bin/python bench/mining_bench.py --summarise FILE [FILE ...]
+    .venv/bin/python bench/mining_bench.py --calibrate [--first-seed 0]
 """
 from __future__ import annotations
 
@@ -198,6 +199,8 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
         for value in np.unique(x):  # average ranks for ties
             r[x == value] = r[x == value].mean()
         return r
+    if np.ptp(a) == 0 or np.ptp(b) == 0:  # a constant ranks nothing (e.g. a model without detections)
+        return float("nan")
     ra, rb = ranks(a), ranks(b)
     return float(np.corrcoef(ra, rb)[0, 1])
 
@@ -251,6 +254,21 @@ def run_seed(seed: int, args, tmp: Path) -> dict:
         print(f"seed {seed} {method}: mAP@0.5 by round {' -> '.join(f'{m:.4f}' for m in maps)}", flush=True)
     record["seconds"] = round(time.time() - started)
     return record
+
+
+def calibrate(seed: int, args, tmp: Path) -> None:
+    """Is a round limited by its labels or by its training? From scratch, with equal image passes: the initial set
+    for 3 x epochs0 epochs, and the whole pool (3 x the initial set) for epochs0 epochs."""
+    rng = np.random.default_rng(100 + seed)
+    pool = [draw(rng) for _ in range(args.pool)]
+    test = [draw(rng) for _ in range(args.test)]
+    initial = set(rng.choice(args.pool, args.initial, replace=False).tolist())
+    for name, items, epochs in (("initial set", [pool[i] for i in sorted(initial)], 3 * args.epochs0),
+                                ("whole pool", pool, args.epochs0)):
+        started = time.time()
+        _, m = train(tmp / name.replace(" ", "-"), items, test, epochs)
+        print(f"seed {seed}, {name}: {len(items)} images, {epochs} epochs from scratch: mAP@0.5 {m:.4f} "
+              f"({time.time() - started:.0f} s)", flush=True)
 
 
 def protocol(args) -> dict:
@@ -346,7 +364,14 @@ def main():
     parser.add_argument("--record", type=Path, help="append each seed's results to this JSON-lines file")
     parser.add_argument("--summarise", type=Path, nargs="+", metavar="FILE",
                         help="run nothing: summarise the seeds recorded in these files")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="run nothing else: train the first seed's initial set for 3 x --epochs0 epochs and its "
+                             "whole pool for --epochs0 (equal image passes), to see what limits a round")
     args = parser.parse_args()
+    if args.calibrate:
+        with tempfile.TemporaryDirectory(prefix="mining-bench-") as tmp:
+            calibrate(args.first_seed, args, Path(tmp))
+        return
     if args.summarise:
         summarise([json.loads(line) for f in args.summarise for line in f.read_text().splitlines() if line.strip()])
         return

@@ -12,7 +12,7 @@ classes are computed together.
   3x3 cells, as the paper computes it on the network's output grid. Each level's U is repeated (nearest) onto
   the finest grid, summed, and max-pooled over blocks of 32 pixels. Cost ~ 3 x sum_l (S/s_l)^2 x C elements:
   0.1-0.2x the forward pass up to 20 classes, 0.8x with 80 classes at 640 px. It ranks images like `input`
-  (Spearman 0.94 in bench/mining_bench.py).
+  (Spearman 0.92 over 5 seeds in bench/mining_bench.py).
 - `input`: the reference executor's exact computation: every map bilinearly upsampled to the S x S network
   input and a 9x9-pixel window. ~ 9 x S^2 x C elements, 10-350x the cost of the forward pass on a CPU
   (bench/aldd_cost.py).
