@@ -214,13 +214,18 @@ def selection_stats(items) -> dict:
             "boxes": sum(len(boxes) for _, boxes, _ in items)}
 
 
-def run_seed(seed: int, args, tmp: Path) -> dict:
-    """One seed: round 0, the proxy (and the speed section if asked), then the rounds of every method."""
-    started = time.time()
+def seed_data(seed: int, args):
+    """A seed's generated pool, test split and initial labelled set (indices into the pool)."""
     rng = np.random.default_rng(100 + seed)
     pool = [draw(rng) for _ in range(args.pool)]
     test = [draw(rng) for _ in range(args.test)]
-    initial = set(rng.choice(args.pool, args.initial, replace=False).tolist())
+    return pool, test, set(rng.choice(args.pool, args.initial, replace=False).tolist())
+
+
+def run_seed(seed: int, args, tmp: Path) -> dict:
+    """One seed: round 0, the proxy (and the speed section if asked), then the rounds of every method."""
+    started = time.time()
+    pool, test, initial = seed_data(seed, args)
     model0, map0 = train(tmp / f"s{seed}-r0", [pool[i] for i in sorted(initial)], test, args.epochs0)
     print(f"seed {seed}: round 0 mAP@0.5 {map0:.4f} ({len(initial)} images)", flush=True)
     record = {"seed": seed, "protocol": protocol(args), "map0": map0, "methods": {}, "spearman": {},
@@ -259,10 +264,7 @@ def run_seed(seed: int, args, tmp: Path) -> dict:
 def calibrate(seed: int, args, tmp: Path) -> None:
     """Is a round limited by its labels or by its training? From scratch, with equal image passes: the initial set
     for 3 x epochs0 epochs, and the whole pool (3 x the initial set) for epochs0 epochs."""
-    rng = np.random.default_rng(100 + seed)
-    pool = [draw(rng) for _ in range(args.pool)]
-    test = [draw(rng) for _ in range(args.test)]
-    initial = set(rng.choice(args.pool, args.initial, replace=False).tolist())
+    pool, test, initial = seed_data(seed, args)
     for name, items, epochs in (("initial set", [pool[i] for i in sorted(initial)], 3 * args.epochs0),
                                 ("whole pool", pool, args.epochs0)):
         started = time.time()
