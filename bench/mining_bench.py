@@ -13,8 +13,12 @@ set. Every step runs the executor itself (`start.py`) on YMIR-style /in and /out
   speed     images/s of plain inference, of mining with each algorithm, and of mining + inference in one run,
             from the executor's own timing line (the forward/score loop, without start-up)
 
-Round 0 trains from scratch at lr0 0.02; the fine-tuning rounds start from a trained model and use lr0 0.005
-(at 0.02 a round's model first fell below the one it started from; bench/RESULTS.md has both).
+With --shift, a share of the pool and of the test split lies on a second background (a domain shift) that the
+initial set lacks; with --source N, round 0 fine-tunes a model trained once on N generated images without the
+shift, as a YMIR user starts from pretrained weights, instead of training from scratch.
+Round 0 trains from scratch at lr0 0.02 (from the source model: at the fine-tuning options); the fine-tuning
+rounds start from a trained model and use lr0 0.005 (at 0.02 a round's model first fell below the one it
+started from; bench/RESULTS.md has both).
 Each seed's results can be appended to a JSON-lines file (--record) and any set of such files summarised
 together (--summarise), so seeds measured by separate runs combine into one table: per method the gain over
 round 0 (final and mean over rounds), the paired difference to random per seed with a bootstrap interval over
@@ -23,6 +27,7 @@ seeds, and what each method selected (empty, hard and rare-class images, boxes p
     .venv/bin/python bench/mining_bench.py [--seeds 1] [--first-seed 0] [--pool 360] [--initial 120]
                                            [--rounds 2] [--budget 60] [--skip-speed] [--record FILE]
                                            [--finetune-options "--hyp warmup_epochs=0 mosaic=0 lr0=0.02"]
+                                           [--shift 0.3] [--source 360 --source-epochs 60 --source-cache DIR]
     .venv/bin/python bench/mining_bench.py --summarise FILE [FILE ...]
     .venv/bin/python bench/mining_bench.py --calibrate [--first-seed 0]
 """
@@ -37,6 +42,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -57,10 +63,27 @@ TRAIN_OPTIONS = "--hyp warmup_epochs=0 mosaic=0 lr0=0.02"  # round 0, from scrat
 FINETUNE_OPTIONS = "--hyp warmup_epochs=0 mosaic=0 lr0=0.005"  # rounds 1.., warm-started from the previous round
 
 
-def draw(rng: np.random.Generator):
-    """One image, its boxes (class, x1, y1, x2, y2 inclusive) and its kind: empty, normal or hard."""
-    img = rng.integers(80, 150, size=(SIZE, SIZE, 3), dtype=np.uint8)
-    img = cv2.GaussianBlur(img, (5, 5), 0)
+class Item(NamedTuple):
+    jpeg: bytes
+    boxes: list  # (class, x1, y1, x2, y2), corners inclusive
+    kind: str  # empty, hard or normal
+    shifted: bool  # drawn on the second background (the domain the initial set and the source set lack)
+
+
+def background(rng: np.random.Generator, shifted: bool) -> np.ndarray:
+    """Grey blurred noise; the shifted domain is a coarse, saturated colour texture with fine noise on top."""
+    if not shifted:
+        return cv2.GaussianBlur(rng.integers(80, 150, size=(SIZE, SIZE, 3), dtype=np.uint8), (5, 5), 0)
+    coarse = rng.integers(40, 256, size=(SIZE // 20, SIZE // 20, 3), dtype=np.uint8)
+    img = cv2.resize(coarse, (SIZE, SIZE), interpolation=cv2.INTER_CUBIC).astype(np.int16)
+    return np.clip(img + rng.integers(-30, 31, size=img.shape), 0, 255).astype(np.uint8)
+
+
+def draw(rng: np.random.Generator, shift: float = 0.0) -> Item:
+    """One generated image; with probability `shift` on the shifted background (no extra draw when shift is 0, so
+    the pools of the earlier protocols are unchanged)."""
+    shifted = bool(shift > 0 and rng.random() < shift)
+    img = background(rng, shifted)
     kind = rng.choice(["empty", "hard", "normal"], p=[0.15, 0.20, 0.65])
     boxes = []
     count = 0 if kind == "empty" else int(np.clip(rng.poisson(2.0), 1, 5))
@@ -88,7 +111,7 @@ def draw(rng: np.random.Generator):
             cv2.fillPoly(img, [points], colour)
         boxes.append((cls, x1, y1, x2, y2))
     ok, jpeg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 92])
-    return jpeg.tobytes(), boxes, str(kind)
+    return Item(jpeg.tobytes(), boxes, str(kind), shifted)
 
 
 class Task:
@@ -103,17 +126,17 @@ class Task:
 
     def add_split(self, name: str, items) -> None:
         lines = []
-        for jpeg, boxes, _ in items:
-            image = write_asset(self.in_dir, jpeg)
+        for item in items:
+            image = write_asset(self.in_dir, item.jpeg)
             sha1 = Path(image).stem
             anno = self.in_dir / "annotations" / sha1[-2:] / f"{sha1}.txt"
             anno.parent.mkdir(parents=True, exist_ok=True)
-            anno.write_text(ark_text(boxes))
+            anno.write_text(ark_text(item.boxes))
             lines.append(f"{image}\t/in/annotations/{sha1[-2:]}/{sha1}.txt\n")
         (self.in_dir / f"{name}-index.tsv").write_text("".join(lines))
 
     def add_candidates(self, items) -> list:
-        paths = [write_asset(self.in_dir, jpeg) for jpeg, _, _ in items]
+        paths = [write_asset(self.in_dir, item.jpeg) for item in items]
         (self.in_dir / "candidate-index.tsv").write_text("".join(p + "\n" for p in paths))
         return paths
 
@@ -168,10 +191,10 @@ def mine(work: Path, model: Path, pool, method: str, infer: bool = False, mining
 def image_errors(paths, detections, pool) -> np.ndarray:
     """FN + FP per image at IoU 0.5 (greedy, class-aware) of conf >= 0.25 detections."""
     errors = []
-    for path, (_, boxes, _) in zip(paths, pool):
+    for path, item in zip(paths, pool):
         found = detections[path.rsplit("/", 1)[1]]["boxes"]
         found = sorted(found, key=lambda b: -b["score"])
-        truth = [(c, x1, y1, x2 + 1, y2 + 1) for c, x1, y1, x2, y2 in boxes]
+        truth = [(c, x1, y1, x2 + 1, y2 + 1) for c, x1, y1, x2, y2 in item.boxes]
         used, tp = set(), 0
         for det in found:
             b = det["box"]
@@ -206,27 +229,55 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def selection_stats(items) -> dict:
-    """What a set of pool images holds: how many, how many empty / hard / with the rare class, how many boxes."""
+    """What a set of pool images holds: how many, how many empty / hard / shifted / with the rare class, how many
+    boxes."""
     rare = len(CLASSES) - 1
-    return {"images": len(items), "empty": sum(kind == "empty" for _, _, kind in items),
-            "hard": sum(kind == "hard" for _, _, kind in items),
-            "rare": sum(any(b[0] == rare for b in boxes) for _, boxes, _ in items),
-            "boxes": sum(len(boxes) for _, boxes, _ in items)}
+    return {"images": len(items), "empty": sum(item.kind == "empty" for item in items),
+            "hard": sum(item.kind == "hard" for item in items), "shifted": sum(item.shifted for item in items),
+            "rare": sum(any(b[0] == rare for b in item.boxes) for item in items),
+            "boxes": sum(len(item.boxes) for item in items)}
 
 
 def seed_data(seed: int, args):
-    """A seed's generated pool, test split and initial labelled set (indices into the pool)."""
+    """A seed's generated pool, test split and initial labelled set (indices into the pool; never a shifted image)."""
     rng = np.random.default_rng(100 + seed)
-    pool = [draw(rng) for _ in range(args.pool)]
-    test = [draw(rng) for _ in range(args.test)]
-    return pool, test, set(rng.choice(args.pool, args.initial, replace=False).tolist())
+    pool = [draw(rng, args.shift) for _ in range(args.pool)]
+    test = [draw(rng, args.shift) for _ in range(args.test)]
+    unshifted = np.array([i for i, item in enumerate(pool) if not item.shifted])
+    return pool, test, set(rng.choice(unshifted, args.initial, replace=False).tolist())
 
 
-def run_seed(seed: int, args, tmp: Path) -> dict:
+def source_model(args, tmp: Path):
+    """The model round 0 starts from: None (from scratch), or YOLOv5n trained from scratch on `--source` images of
+    a disjoint, unshifted generated set (its own fixed generator: one model for every seed), the way a YMIR user
+    starts from pretrained weights. Kept in --source-cache when given, so separate runs share it."""
+    if not args.source:
+        return None
+    name = f"yolov5n-{SIZE}px-{args.source}x{args.source_epochs}"
+    cached = args.source_cache / name if args.source_cache else None
+    if cached and (cached / "result.yaml").exists():
+        print(f"source model: {cached}", flush=True)
+        return cached / "best"
+    rng = np.random.default_rng(7)
+    items, val = [draw(rng) for _ in range(args.source)], [draw(rng) for _ in range(100)]
+    started = time.time()
+    model, m = train(tmp / "source", items, val, args.source_epochs)
+    print(f"source model: {args.source} images, {args.source_epochs} epochs from scratch, mAP@0.5 {m:.4f} on its "
+          f"own validation set ({time.time() - started:.0f} s)", flush=True)
+    if cached:
+        cached.mkdir(parents=True)
+        shutil.copytree(model, cached / "best")
+        shutil.copy(model.parent / "result.yaml", cached / "result.yaml")
+        return cached / "best"
+    return model
+
+
+def run_seed(seed: int, args, tmp: Path, source) -> dict:
     """One seed: round 0, the proxy (and the speed section if asked), then the rounds of every method."""
     started = time.time()
     pool, test, initial = seed_data(seed, args)
-    model0, map0 = train(tmp / f"s{seed}-r0", [pool[i] for i in sorted(initial)], test, args.epochs0)
+    model0, map0 = train(tmp / f"s{seed}-r0", [pool[i] for i in sorted(initial)], test, args.epochs0,
+                         start_from=source, options=args.finetune_options if source else TRAIN_OPTIONS)
     print(f"seed {seed}: round 0 mAP@0.5 {map0:.4f} ({len(initial)} images)", flush=True)
     record = {"seed": seed, "protocol": protocol(args), "map0": map0, "methods": {}, "spearman": {},
               "agreement": {}, "speed": {},
@@ -274,8 +325,10 @@ def calibrate(seed: int, args, tmp: Path) -> None:
 
 
 def protocol(args) -> dict:
-    return {k: getattr(args, k) for k in ("pool", "test", "initial", "budget", "rounds", "epochs0", "epochs",
-                                          "finetune_options")}
+    keys = ["pool", "test", "initial", "budget", "rounds", "epochs0", "epochs", "finetune_options"]
+    if args.shift or args.source:  # the earlier protocols had neither
+        keys += ["shift", "source", "source_epochs"]
+    return {k: getattr(args, k) for k in keys}
 
 
 def bootstrap_interval(values: np.ndarray, draws: int = 10000) -> tuple:
@@ -294,9 +347,11 @@ def summarise(records: list) -> None:
     if len({r["seed"] for r in records}) != len(records):
         raise SystemExit("a seed appears twice in the records")
     proto = records[0]["protocol"]
+    source = f"{proto['source']} images x {proto['source_epochs']} epochs" if proto.get("source") else "none"
     print(f"\nseeds {', '.join(str(r['seed']) for r in records)}; pool {proto['pool']}, test {proto['test']}, "
           f"initial {proto['initial']}, {proto['rounds']} rounds of {proto['budget']}, round 0 {proto['epochs0']} "
           f"epochs, {proto['epochs']} epochs per round at {proto['finetune_options']!r}; "
+          f"shifted share {proto.get('shift', 0)}; source model {source}; "
           f"{sum(r['seconds'] for r in records)} s\n")
     for r in records:
         print(f"seed {r['seed']}: round 0 {r['map0']:.4f}; " + "; ".join(
@@ -324,14 +379,15 @@ def summarise(records: list) -> None:
         print(f"\nSpearman({v} score, {algorithm} score) over the pool: {agree:+.3f}")
     print("\nWhat each method selected, all rounds and seeds (share of the selected images; the unlabelled pool "
           "before round 1 for comparison):\n")
-    print("| method | empty | hard | with the rare class | boxes per image |")
-    print("|---|---|---|---|---|")
+    print("| method | empty | hard | shifted | with the rare class | boxes per image |")
+    print("|---|---|---|---|---|---|")
     rows = [("unlabelled pool", [r["unlabelled"] for r in records])]
     rows += [(m, [s for r in records for s in r["methods"][m]["selected"]]) for m in METHODS]
     for name, stats in rows:
-        total = {k: sum(s[k] for s in stats) for k in ("images", "empty", "hard", "rare", "boxes")}
+        total = {k: sum(s.get(k, 0) for s in stats) for k in ("images", "empty", "hard", "shifted", "rare", "boxes")}
         n = total["images"]
-        print(f"| {name} | {total['empty'] / n:.0%} | {total['hard'] / n:.0%} | {total['rare'] / n:.0%} | "
+        print(f"| {name} | {total['empty'] / n:.0%} | {total['hard'] / n:.0%} | {total['shifted'] / n:.0%} | "
+              f"{total['rare'] / n:.0%} | "
               f"{total['boxes'] / n:.2f} |")
     speed = next((r["speed"] for r in records if r["speed"]), None)
     if not speed:
@@ -359,6 +415,13 @@ def main():
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--epochs0", type=int, default=60)
     parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--shift", type=float, default=0.0,
+                        help="share of pool and test images on a second background, none in the initial set")
+    parser.add_argument("--source", type=int, default=0,
+                        help="round 0 fine-tunes a model trained on this many unshifted source images (0: from "
+                             "scratch)")
+    parser.add_argument("--source-epochs", type=int, default=60)
+    parser.add_argument("--source-cache", type=Path, help="folder keeping the source model between runs")
     parser.add_argument("--finetune-options", default=FINETUNE_OPTIONS,
                         help="args_options of the fine-tuning after each mining round (round 0 keeps its own)")
     parser.add_argument("--skip-speed", dest="speed", action="store_false",
@@ -379,8 +442,9 @@ def main():
         return
     records = []
     with tempfile.TemporaryDirectory(prefix="mining-bench-") as tmp:
+        source = source_model(args, Path(tmp))
         for seed in range(args.first_seed, args.first_seed + args.seeds):
-            records.append(run_seed(seed, args, Path(tmp)))
+            records.append(run_seed(seed, args, Path(tmp), source))
             args.speed = False  # the speed section runs with the first seed only
             if args.record:
                 with args.record.open("a") as f:
