@@ -10,6 +10,8 @@ set. Every step runs the executor itself (`start.py`) on YMIR-style /in and /out
   proxy     the round-0 model scores the whole pool (labels known): Spearman correlation between the mining
             score and the per-image detection error FN + FP (IoU 0.5, conf 0.25); also for ALDD at the input
             resolution (the reference image's computation), with its rank agreement with our default ALDD
+  breakdown the round-0 and each method's final model on the test split: mAP@0.5 over the shifted and the
+            unshifted images, AP@0.5 per class (where a method's mAP is won or lost)
   speed     images/s of plain inference, of mining with each algorithm, and of mining + inference in one run,
             from the executor's own timing line (the forward/score loop, without start-up)
 
@@ -214,6 +216,44 @@ def image_errors(paths, detections, pool) -> np.ndarray:
     return np.array(errors, dtype=np.float64)
 
 
+def breakdown(model_dir: Path, test) -> dict:
+    """Where a model's test mAP@0.5 comes from: over all test images (what training reports), over the unshifted and
+    the shifted ones, and AP@0.5 per class. The executor's validation geometry and settings (each 160 px image
+    letterboxed into YOLOv5's padded validation shape), its NMS and its metrics."""
+    import torch
+
+    from utils.boxes import unletterbox_boxes
+    from utils.checkpoint import build_model, read_checkpoint
+    from utils.letterbox import letterbox
+    from utils.metrics import MetricAccumulator
+    from utils.nms import non_max_suppression
+    from utils.validate import VAL_CONF, VAL_IOU, VAL_MAX_DET
+
+    model = build_model(read_checkpoint(model_dir / "best.pt"))
+    stride = int(model.stride.max())
+    shape = int(np.ceil(SIZE / stride + 0.5)) * stride
+    subsets = {"all": MetricAccumulator(len(CLASSES)), "unshifted": MetricAccumulator(len(CLASSES)),
+               "shifted": MetricAccumulator(len(CLASSES))}
+    for start in range(0, len(test), 32):
+        batch = test[start:start + 32]
+        boxed = [letterbox(cv2.imdecode(np.frombuffer(item.jpeg, np.uint8), cv2.IMREAD_COLOR), shape, auto=False,
+                           scaleup=False) for item in batch]
+        x = torch.from_numpy(np.stack([b[0][:, :, ::-1].transpose(2, 0, 1) for b in boxed]).copy()).float() / 255
+        with torch.no_grad():
+            found = non_max_suppression(model(x)[0], VAL_CONF, VAL_IOU, multi_label=True, max_det=VAL_MAX_DET)
+        for det, (_, ratio, pad), item in zip(found, boxed, batch):
+            det[:, :4] = unletterbox_boxes(det[:, :4], ratio, pad, (SIZE, SIZE))
+            truth = torch.tensor([[c, x1, y1, x2 + 1, y2 + 1] for c, x1, y1, x2, y2 in item.boxes],
+                                 dtype=torch.float32).reshape(-1, 5)
+            for name in ("all", "shifted" if item.shifted else "unshifted"):
+                subsets[name].add(det, truth)
+    result = {name: acc.compute() for name, acc in subsets.items()}
+    per_class = result["all"].per_class
+    ap = dict(zip(per_class.classes.tolist(), per_class.ap[:, 0].tolist())) if per_class is not None else {}
+    return {**{name: m.map50 for name, m in result.items() if subsets[name].stats},  # no shifted subset without --shift
+            "per_class": [ap.get(c, 0.0) for c in range(len(CLASSES))]}
+
+
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     def ranks(x):
         order = np.argsort(x, kind="stable")
@@ -280,7 +320,7 @@ def run_seed(seed: int, args, tmp: Path, source) -> dict:
                          start_from=source, options=args.finetune_options if source else TRAIN_OPTIONS)
     print(f"seed {seed}: round 0 mAP@0.5 {map0:.4f} ({len(initial)} images)", flush=True)
     record = {"seed": seed, "protocol": protocol(args), "map0": map0, "methods": {}, "spearman": {},
-              "agreement": {}, "speed": {},
+              "agreement": {}, "speed": {}, "breakdown": {"round 0": breakdown(model0, test)},
               "unlabelled": selection_stats([pool[i] for i in range(args.pool) if i not in initial])}
     proxy_scores = {}
     for method in METHODS + tuple(VARIANTS):
@@ -307,6 +347,7 @@ def run_seed(seed: int, args, tmp: Path, source) -> dict:
                              args.epochs, start_from=model, options=args.finetune_options)
             maps.append(m)
         record["methods"][method] = {"maps": maps, "selected": selected}
+        record["breakdown"][method] = breakdown(model, test)
         print(f"seed {seed} {method}: mAP@0.5 by round {' -> '.join(f'{m:.4f}' for m in maps)}", flush=True)
     record["seconds"] = round(time.time() - started)
     return record
@@ -377,6 +418,15 @@ def summarise(records: list) -> None:
         agree = np.mean([r["agreement"][v] for r in records])
         print(f"| {v} | - | - | - | - | {np.mean(rho):+.3f} ({', '.join(f'{x:+.3f}' for x in rho)}) |")
         print(f"\nSpearman({v} score, {algorithm} score) over the pool: {agree:+.3f}")
+    if all("breakdown" in r for r in records):
+        print("\nThe final models' test mAP@0.5 by subset and AP@0.5 by class, mean over seeds:\n")
+        subsets = [k for k in ("all", "unshifted", "shifted") if k in records[0]["breakdown"]["round 0"]]
+        print(f"| model | {' | '.join(subsets)} | {' | '.join(CLASSES)} |")
+        print("|---|" + "---|" * (len(subsets) + len(CLASSES)))
+        for name in ("round 0",) + METHODS:
+            cells = [np.mean([r["breakdown"][name][k] for r in records]) for k in subsets]
+            cells += list(np.mean([r["breakdown"][name]["per_class"] for r in records], axis=0))
+            print(f"| {name} | {' | '.join(f'{v:.4f}' for v in cells)} |")
     print("\nWhat each method selected, all rounds and seeds (share of the selected images; the unlabelled pool "
           "before round 1 for comparison):\n")
     print("| method | empty | hard | shifted | with the rare class | boxes per image |")
