@@ -17,7 +17,8 @@ set. Every step runs the executor itself (`start.py`) on YMIR-style /in and /out
 
 With --shift, a share of the pool and of the test split lies on a second background (a domain shift) that the
 initial set lacks; with --source N, round 0 fine-tunes a model trained once on N generated images without the
-shift, as a YMIR user starts from pretrained weights, instead of training from scratch.
+shift, as a YMIR user starts from pretrained weights, instead of training from scratch (--source-frequencies:
+with its own class shares, as pretraining data need not share the target's rare class).
 Round 0 trains from scratch at lr0 0.02 (from the source model: at the fine-tuning options); the fine-tuning
 rounds start from a trained model and use lr0 0.005 (at 0.02 a round's model first fell below the one it
 started from; bench/RESULTS.md has both).
@@ -30,6 +31,7 @@ seeds, and what each method selected (empty, hard and rare-class images, boxes p
                                            [--rounds 2] [--budget 60] [--skip-speed] [--record FILE]
                                            [--finetune-options "--hyp warmup_epochs=0 mosaic=0 lr0=0.02"]
                                            [--shift 0.3] [--source 360 --source-epochs 60 --source-cache DIR]
+                                           [--source-frequencies 0.25,0.25,0.25,0.25]
     .venv/bin/python bench/mining_bench.py --summarise FILE [FILE ...]
     .venv/bin/python bench/mining_bench.py --calibrate [--first-seed 0]
 """
@@ -81,16 +83,17 @@ def background(rng: np.random.Generator, shifted: bool) -> np.ndarray:
     return np.clip(img + rng.integers(-30, 31, size=img.shape), 0, 255).astype(np.uint8)
 
 
-def draw(rng: np.random.Generator, shift: float = 0.0) -> Item:
+def draw(rng: np.random.Generator, shift: float = 0.0, frequencies=FREQUENCIES) -> Item:
     """One generated image; with probability `shift` on the shifted background (no extra draw when shift is 0, so
-    the pools of the earlier protocols are unchanged)."""
+    the pools of the earlier protocols are unchanged); `frequencies` are the classes' shares (the same draws for any
+    frequencies)."""
     shifted = bool(shift > 0 and rng.random() < shift)
     img = background(rng, shifted)
     kind = rng.choice(["empty", "hard", "normal"], p=[0.15, 0.20, 0.65])
     boxes = []
     count = 0 if kind == "empty" else int(np.clip(rng.poisson(2.0), 1, 5))
     for _ in range(count):
-        cls = int(rng.choice(len(CLASSES), p=FREQUENCIES))
+        cls = int(rng.choice(len(CLASSES), p=frequencies))
         side = int(rng.integers(8, 15) if kind == "hard" else rng.integers(20, 56))
         x1, y1 = int(rng.integers(0, SIZE - side)), int(rng.integers(0, SIZE - side))
         x2, y2 = x1 + side - 1, y1 + side - 1
@@ -294,12 +297,15 @@ def source_model(args, tmp: Path):
     if not args.source:
         return None
     name = f"yolov5n-{SIZE}px-{args.source}x{args.source_epochs}"
+    if args.source_frequencies != FREQUENCIES:
+        name += "-" + "-".join(f"{f:g}" for f in args.source_frequencies)
     cached = args.source_cache / name if args.source_cache else None
     if cached and (cached / "result.yaml").exists():
         print(f"source model: {cached}", flush=True)
         return cached / "best"
     rng = np.random.default_rng(7)
-    items, val = [draw(rng) for _ in range(args.source)], [draw(rng) for _ in range(100)]
+    items = [draw(rng, frequencies=args.source_frequencies) for _ in range(args.source)]
+    val = [draw(rng, frequencies=args.source_frequencies) for _ in range(100)]
     started = time.time()
     model, m = train(tmp / "source", items, val, args.source_epochs)
     print(f"source model: {args.source} images, {args.source_epochs} epochs from scratch, mAP@0.5 {m:.4f} on its "
@@ -369,6 +375,8 @@ def protocol(args) -> dict:
     keys = ["pool", "test", "initial", "budget", "rounds", "epochs0", "epochs", "finetune_options"]
     if args.shift or args.source:  # the earlier protocols had neither
         keys += ["shift", "source", "source_epochs"]
+    if args.source_frequencies != FREQUENCIES:
+        keys += ["source_frequencies"]
     return {k: getattr(args, k) for k in keys}
 
 
@@ -389,6 +397,8 @@ def summarise(records: list) -> None:
         raise SystemExit("a seed appears twice in the records")
     proto = records[0]["protocol"]
     source = f"{proto['source']} images x {proto['source_epochs']} epochs" if proto.get("source") else "none"
+    if proto.get("source_frequencies"):
+        source += f" (class shares {', '.join(f'{f:g}' for f in proto['source_frequencies'])})"
     print(f"\nseeds {', '.join(str(r['seed']) for r in records)}; pool {proto['pool']}, test {proto['test']}, "
           f"initial {proto['initial']}, {proto['rounds']} rounds of {proto['budget']}, round 0 {proto['epochs0']} "
           f"epochs, {proto['epochs']} epochs per round at {proto['finetune_options']!r}; "
@@ -471,6 +481,9 @@ def main():
                         help="round 0 fine-tunes a model trained on this many unshifted source images (0: from "
                              "scratch)")
     parser.add_argument("--source-epochs", type=int, default=60)
+    parser.add_argument("--source-frequencies", type=lambda text: tuple(float(f) for f in text.split(",")),
+                        default=FREQUENCIES, metavar="F,F,F,F",
+                        help="class shares of the source set (default: the pool's, 0.55,0.30,0.12,0.03)")
     parser.add_argument("--source-cache", type=Path, help="folder keeping the source model between runs")
     parser.add_argument("--finetune-options", default=FINETUNE_OPTIONS,
                         help="args_options of the fine-tuning after each mining round (round 0 keeps its own)")
@@ -483,6 +496,8 @@ def main():
                         help="run nothing else: train the first seed's initial set for 3 x --epochs0 epochs and its "
                              "whole pool for --epochs0 (equal image passes), to see what limits a round")
     args = parser.parse_args()
+    if len(args.source_frequencies) != len(CLASSES) or abs(sum(args.source_frequencies) - 1) > 1e-6:
+        parser.error(f"--source-frequencies needs {len(CLASSES)} shares summing to 1")
     if args.calibrate:
         with tempfile.TemporaryDirectory(prefix="mining-bench-") as tmp:
             calibrate(args.first_seed, args, Path(tmp))
