@@ -9,7 +9,8 @@ set. Every step runs the executor itself (`start.py`) on YMIR-style /in and /out
             labels, and the model is fine-tuned (warm start) on the grown set; mAP@0.5 on the test split
   proxy     the round-0 model scores the whole pool (labels known): Spearman correlation between the mining
             score and the per-image detection error FN + FP (IoU 0.5, conf 0.25); also for ALDD at the input
-            resolution (the reference image's computation), with its rank agreement with our default ALDD
+            resolution (the reference image's computation), with its rank agreement with our default ALDD,
+            and for CALD with images without detections held to every tenth place (cald_undetected_share 0.1)
   breakdown the round-0 and each method's final model on the test split: mAP@0.5 over the shifted and the
             unshifted images, AP@0.5 per class (where a method's mAP is won or lost)
   speed     images/s of plain inference, of mining with each algorithm, and of mining + inference in one run,
@@ -25,13 +26,16 @@ started from; bench/RESULTS.md has both).
 Each seed's results can be appended to a JSON-lines file (--record) and any set of such files summarised
 together (--summarise), so seeds measured by separate runs combine into one table: per method the gain over
 round 0 (final and mean over rounds), the paired difference to random per seed with a bootstrap interval over
-seeds, and what each method selected (empty, hard and rare-class images, boxes per image).
+seeds, and what each method selected (empty, hard and rare-class images, boxes per image). --methods picks the
+methods run through the rounds (a variant such as cald@share0.1 too); runs of the same seed with different
+--methods merge in the summary, since round 0 is deterministic.
 
     .venv/bin/python bench/mining_bench.py [--seeds 1] [--first-seed 0] [--pool 360] [--initial 120]
                                            [--rounds 2] [--budget 60] [--skip-speed] [--record FILE]
                                            [--finetune-options "--hyp warmup_epochs=0 mosaic=0 lr0=0.02"]
                                            [--shift 0.3] [--source 360 --source-epochs 60 --source-cache DIR]
                                            [--source-frequencies 0.25,0.25,0.25,0.25]
+                                           [--methods random,entropy,aldd,cald,cald@share0.1]
     .venv/bin/python bench/mining_bench.py --summarise FILE [FILE ...]
     .venv/bin/python bench/mining_bench.py --calibrate [--first-seed 0]
 """
@@ -60,8 +64,11 @@ from ymir.demo import ark_text, env_yaml, write_asset  # noqa: E402
 CLASSES = ("disc", "box", "triangle", "star")
 FREQUENCIES = (0.55, 0.30, 0.12, 0.03)
 METHODS = ("random", "entropy", "aldd", "cald")
-# Variants measured in the proxy and speed sections only: the mining config each adds to its algorithm.
-VARIANTS = {"aldd@input": ("aldd", {"aldd_resolution": "input"})}
+# Variants of an algorithm: the mining config each adds. Measured in the proxy and speed sections; in the rounds
+# too when named in --methods.
+VARIANTS = {"aldd@input": ("aldd", {"aldd_resolution": "input"}),
+            "cald@share0.1": ("cald", {"cald_undetected_share": 0.1})}
+NAMES = METHODS + tuple(VARIANTS)
 SIZE = 160
 TRAIN_OPTIONS = "--hyp warmup_epochs=0 mosaic=0 lr0=0.02"  # round 0, from scratch
 FINETUNE_OPTIONS = "--hyp warmup_epochs=0 mosaic=0 lr0=0.005"  # rounds 1.., warm-started from the previous round
@@ -329,7 +336,7 @@ def run_seed(seed: int, args, tmp: Path, source) -> dict:
               "agreement": {}, "speed": {}, "breakdown": {"round 0": breakdown(model0, test)},
               "unlabelled": selection_stats([pool[i] for i in range(args.pool) if i not in initial])}
     proxy_scores = {}
-    for method in METHODS + tuple(VARIANTS):
+    for method in NAMES:
         paths, scores, detections, speed = mine(tmp / f"s{seed}-proxy-{method}", model0, pool, method, infer=True)
         proxy_scores[method] = scores
         record["spearman"][method] = spearman(scores, image_errors(paths, detections, pool))
@@ -341,7 +348,7 @@ def run_seed(seed: int, args, tmp: Path, source) -> dict:
     if args.speed:
         record["speed"]["inference alone"] = mine(tmp / f"s{seed}-speed-infer", model0, pool, "", infer=True,
                                                   mining=False)[3]
-    for method in METHODS:
+    for method in args.methods:
         labelled, model, maps, selected = set(initial), model0, [map0], []
         for r in range(1, args.rounds + 1):
             unlabelled = [i for i in range(args.pool) if i not in labelled]
@@ -388,13 +395,35 @@ def bootstrap_interval(values: np.ndarray, draws: int = 10000) -> tuple:
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
+def merge_seeds(records: list) -> list:
+    """One record per seed: runs of the same seed with other --methods add theirs (round 0 must be the same)."""
+    merged = {}
+    for r in records:
+        seed = r["seed"]
+        if seed not in merged:
+            merged[seed] = json.loads(json.dumps(r))
+            continue
+        base = merged[seed]
+        if base["map0"] != r["map0"]:
+            raise SystemExit(f"seed {seed} was recorded twice with different round-0 models")
+        for name, value in r["methods"].items():
+            if base["methods"].setdefault(name, value) != value:
+                raise SystemExit(f"seed {seed}: {name} was recorded twice with different results")
+        for key in ("breakdown", "spearman", "agreement", "speed"):
+            for name, value in r.get(key, {}).items():
+                base.setdefault(key, {}).setdefault(name, value)
+        base["seconds"] += r["seconds"]
+    return [merged[seed] for seed in sorted(merged)]
+
+
 def summarise(records: list) -> None:
     protocols = {json.dumps(r["protocol"], sort_keys=True) for r in records}
     if len(protocols) != 1:
         raise SystemExit(f"records come from different protocols, not summarised together: {sorted(protocols)}")
-    records = sorted(records, key=lambda r: r["seed"])
-    if len({r["seed"] for r in records}) != len(records):
-        raise SystemExit("a seed appears twice in the records")
+    records = merge_seeds(records)
+    learned = tuple(m for m in NAMES if all(m in r["methods"] for r in records))
+    if "random" not in learned:
+        raise SystemExit("every seed needs random's rounds, the baseline of the comparison")
     proto = records[0]["protocol"]
     source = f"{proto['source']} images x {proto['source_epochs']} epochs" if proto.get("source") else "none"
     if proto.get("source_frequencies"):
@@ -406,13 +435,13 @@ def summarise(records: list) -> None:
           f"{sum(r['seconds'] for r in records)} s\n")
     for r in records:
         print(f"seed {r['seed']}: round 0 {r['map0']:.4f}; " + "; ".join(
-            f"{m} {' -> '.join(f'{v:.4f}' for v in r['methods'][m]['maps'][1:])}" for m in METHODS))
-    final = {m: np.array([r["methods"][m]["maps"][-1] - r["map0"] for r in records]) for m in METHODS}
-    mean = {m: np.array([np.mean(r["methods"][m]["maps"][1:]) - r["map0"] for r in records]) for m in METHODS}
+            f"{m} {' -> '.join(f'{v:.4f}' for v in r['methods'][m]['maps'][1:])}" for m in learned))
+    final = {m: np.array([r["methods"][m]["maps"][-1] - r["map0"] for r in records]) for m in learned}
+    mean = {m: np.array([np.mean(r["methods"][m]["maps"][1:]) - r["map0"] for r in records]) for m in learned}
     print("\n| method | gain over round 0, final | gain, mean over rounds | final gain - random's: mean [95 % CI], "
           "seeds ahead | mean-over-rounds gain - random's | Spearman(score, FN+FP) |")
     print("|---|---|---|---|---|---|")
-    for m in METHODS:
+    for m in learned:
         cells = [f"{final[m].mean():+.4f}", f"{mean[m].mean():+.4f}"]
         if m == "random":
             cells += ["-", "-"]
@@ -423,17 +452,20 @@ def summarise(records: list) -> None:
                 cells.append(f"{d.mean():+.4f} [{lo:+.4f}, {hi:+.4f}], {int((d > 0).sum())}/{len(d)}")
         rho = [r["spearman"][m] for r in records]
         print(f"| {m} | {' | '.join(cells)} | {np.mean(rho):+.3f} ({', '.join(f'{x:+.3f}' for x in rho)}) |")
-    for v, (algorithm, _) in VARIANTS.items():
+    proxy_only = [v for v in VARIANTS if v not in learned and all(v in r["spearman"] for r in records)]
+    for v in proxy_only:
         rho = [r["spearman"][v] for r in records]
-        agree = np.mean([r["agreement"][v] for r in records])
         print(f"| {v} | - | - | - | - | {np.mean(rho):+.3f} ({', '.join(f'{x:+.3f}' for x in rho)}) |")
-        print(f"\nSpearman({v} score, {algorithm} score) over the pool: {agree:+.3f}")
+    for v, (algorithm, _) in VARIANTS.items():
+        if all(v in r["agreement"] for r in records):
+            agree = np.mean([r["agreement"][v] for r in records])
+            print(f"\nSpearman({v} score, {algorithm} score) over the pool: {agree:+.3f}")
     if all("breakdown" in r for r in records):
         print("\nThe final models' test mAP@0.5 by subset and AP@0.5 by class, mean over seeds:\n")
         subsets = [k for k in ("all", "unshifted", "shifted") if k in records[0]["breakdown"]["round 0"]]
         print(f"| model | {' | '.join(subsets)} | {' | '.join(CLASSES)} |")
         print("|---|" + "---|" * (len(subsets) + len(CLASSES)))
-        for name in ("round 0",) + METHODS:
+        for name in ("round 0",) + learned:
             cells = [np.mean([r["breakdown"][name][k] for r in records]) for k in subsets]
             cells += list(np.mean([r["breakdown"][name]["per_class"] for r in records], axis=0))
             print(f"| {name} | {' | '.join(f'{v:.4f}' for v in cells)} |")
@@ -442,7 +474,7 @@ def summarise(records: list) -> None:
     print("| method | empty | hard | shifted | with the rare class | boxes per image |")
     print("|---|---|---|---|---|---|")
     rows = [("unlabelled pool", [r["unlabelled"] for r in records])]
-    rows += [(m, [s for r in records for s in r["methods"][m]["selected"]]) for m in METHODS]
+    rows += [(m, [s for r in records for s in r["methods"][m]["selected"]]) for m in learned]
     for name, stats in rows:
         total = {k: sum(s.get(k, 0) for s in stats) for k in ("images", "empty", "hard", "shifted", "rare", "boxes")}
         n = total["images"]
@@ -456,7 +488,7 @@ def summarise(records: list) -> None:
     print(f"\nplain inference: {base:.1f} images/s\n")
     print("| method | mining images/s | cost vs inference | mining + inference images/s | cost vs mining alone |")
     print("|---|---|---|---|---|")
-    for m in METHODS + tuple(VARIANTS):
+    for m in (m for m in NAMES if f"{m} alone" in speed):
         alone, both = speed[f"{m} alone"], speed[f"{m} + inference"]
         if alone is None:
             print(f"| {m} | no forward pass | - | {both:.1f} | - |")
@@ -489,6 +521,9 @@ def main():
                         help="args_options of the fine-tuning after each mining round (round 0 keeps its own)")
     parser.add_argument("--skip-speed", dest="speed", action="store_false",
                         help="leave out the speed section (otherwise measured with the first seed)")
+    parser.add_argument("--methods", type=lambda text: tuple(m.strip() for m in text.split(",")), default=METHODS,
+                        metavar="M,M,...", help=f"methods run through the rounds, of {', '.join(NAMES)} (default: "
+                                                f"{','.join(METHODS)}); --summarise merges runs of one seed")
     parser.add_argument("--record", type=Path, help="append each seed's results to this JSON-lines file")
     parser.add_argument("--summarise", type=Path, nargs="+", metavar="FILE",
                         help="run nothing: summarise the seeds recorded in these files")
@@ -498,6 +533,8 @@ def main():
     args = parser.parse_args()
     if len(args.source_frequencies) != len(CLASSES) or abs(sum(args.source_frequencies) - 1) > 1e-6:
         parser.error(f"--source-frequencies needs {len(CLASSES)} shares summing to 1")
+    if not set(args.methods) <= set(NAMES):
+        parser.error(f"--methods: unknown {sorted(set(args.methods) - set(NAMES))}; known: {', '.join(NAMES)}")
     if args.calibrate:
         with tempfile.TemporaryDirectory(prefix="mining-bench-") as tmp:
             calibrate(args.first_seed, args, Path(tmp))

@@ -91,6 +91,7 @@ def test_unknown_key_is_kept_and_logged(tmp_path, caplog):
     (MiningConfig, "class_distribution_scores", "1,x", "not a number"),
     (MiningConfig, "aldd_resolution", "pixel", "native, input"),
     (MiningConfig, "conf_thres", 1.5, "[0, 1]"),
+    (MiningConfig, "cald_undetected_share", 1.2, "[0, 1]"),
     (InferConfig, "iou_thres", 0, "(0, 1]"),
     (InferConfig, "max_det", 0, ">= 1"),
 ])

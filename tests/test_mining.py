@@ -19,6 +19,7 @@ from ymir.mining.cald import (
     image_rng,
     js_divergence,
     rotate,
+    share_undetected,
     shrink,
 )
 from ymir.mining.scorers import CaldScorer
@@ -235,3 +236,43 @@ def test_cutout_is_seeded_and_spares_most_of_every_box():
     covered = 1 - (a[20:50, 40:70, 0] == 255).mean()
     assert 0.1 <= covered <= 0.8  # each of at most two patches hides 10-40 % of the box
     assert (a == 0).sum() > (drawn(boxes) == 0).sum()  # patches are black
+
+
+def test_cald_share_interleaves_images_without_detections():
+    detected = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4]
+    missed = [1.2, 1.05, 1.1]  # 1 + strongest near miss: the paper's order puts them first
+    scores = np.array(detected + missed)
+    undetected = np.array([False] * 6 + [True] * 3)
+    assert np.array_equal(share_undetected(scores, undetected, 1.0), scores)
+    # share 1/3: places 3, 6 and 9, strongest near miss first, each scored between its neighbours
+    third = share_undetected(scores, undetected, 1 / 3)
+    assert third[:6].tolist() == detected
+    assert third[6:] == pytest.approx([0.75, 0.2, 0.55])
+    # share 0: after every image with detections, spread down to 0, still in near-miss order
+    assert share_undetected(scores, undetected, 0.0)[6:] == pytest.approx([0.3, 0.1, 0.2])
+    # share 0.5 with more misses than places: they take every other place, then the rest of the tail
+    half = share_undetected(np.array([0.8, 0.6, 1.3, 1.2, 1.1, 1.0]), np.array([False, False] + [True] * 4), 0.5)
+    ranking = np.argsort(-half, kind="stable").tolist()
+    assert ranking == [0, 2, 1, 3, 4, 5] and half.min() > 0
+    # nothing to interleave
+    assert np.array_equal(share_undetected(scores, np.zeros(9, bool), 0.2), scores)
+    assert np.array_equal(share_undetected(scores, np.ones(9, bool), 0.2), scores)
+
+
+def test_mining_result_applies_the_cald_share_to_readable_images_only(tmp_path):
+    from types import SimpleNamespace
+
+    from ymir.results import Detection
+    from ymir.tasks.predict import ImageResult, _write_results
+
+    box = [Detection(0.0, 0.0, 4.0, 4.0, 0.5, 0)]
+    results = [ImageResult(0, 0.7, box, (8, 8)), ImageResult(1, 1.2, [], (8, 8)),
+               ImageResult(2, 0.4, box, (8, 8)), ImageResult(3, -1.0, [], (0, 0), "truncated")]
+    candidates = [(f"/in/{i}.jpg", None) for i in range(4)]
+    ctx = SimpleNamespace(env=SimpleNamespace(output=SimpleNamespace(mining_result_file=tmp_path / "result.tsv")),
+                          config=SimpleNamespace(mining=MiningConfig(mining_algorithm="cald",
+                                                                     cald_undetected_share=0.0), infer=None))
+    _write_results(ctx, candidates, results, ["a"])
+    lines = [line.split("\t") for line in (tmp_path / "result.tsv").read_text().splitlines()]
+    assert [p for p, _ in lines] == ["/in/0.jpg", "/in/2.jpg", "/in/1.jpg", "/in/3.jpg"]
+    assert [float(s) for _, s in lines] == pytest.approx([0.7, 0.4, 0.2, -1.0])

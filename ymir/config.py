@@ -96,6 +96,7 @@ class MiningConfig(InferConfig):
     class_distribution_scores: Tuple[float, ...] = ()
     aldd_resolution: str = "native"
     cald_class_diversity: bool = False
+    cald_undetected_share: float = 1.0
     seed: int = 0
 
     def validate(self) -> MiningConfig:
@@ -106,6 +107,8 @@ class MiningConfig(InferConfig):
         _check(resolution in ALDD_RESOLUTIONS, "aldd_resolution", self.aldd_resolution, ", ".join(ALDD_RESOLUTIONS))
         _check(all(w >= 0 for w in self.class_distribution_scores), "class_distribution_scores",
                self.class_distribution_scores, "comma-separated non-negative numbers")
+        _check(0.0 <= self.cald_undetected_share <= 1.0, "cald_undetected_share", self.cald_undetected_share,
+               "a number in [0, 1]")
         _check(self.seed >= 0, "seed", self.seed, "an integer >= 0")
         return dataclasses.replace(base, mining_algorithm=algorithm, aldd_resolution=resolution)
 

@@ -16,6 +16,9 @@ Deviations from the paper, all deliberate:
 - the paper leaves the order among images without detections open (they all tie at metric 0); we add to their
   score the strongest raw candidate the detector saw below `conf_thres` (objectness x class probability), so
   images where it nearly found something come before plain background;
+- `cald_undetected_share` (default 1: the paper's order) caps the share of images without detections at every
+  top of the ranking (`share_undetected`): a detector that already knows the domain finds nothing mostly on
+  plain background, and the paper's rule would spend the whole budget there (bench/RESULTS.md);
 - randomness (cutout) is seeded per image from the config `seed` and the image path, so a run is
   reproducible and independent of batching or sharding;
 - stage 2 (class-distribution diversity, `cald_class_diversity`) needs YMIR's budget, which the executor is
@@ -188,3 +191,46 @@ def cald_score(metric: float, class_vec: Optional[np.ndarray] = None,
     if class_vec is None or label_histogram is None:
         return stage1
     return (stage1 + diversity(class_vec, label_histogram)) / 2
+
+
+def share_undetected(scores: np.ndarray, undetected: np.ndarray, share: float) -> np.ndarray:
+    """Re-score the images without detections so that they take about `share` of every top of the ranking.
+
+    The paper puts every image without detections first. When most of them are plain background (a detector
+    that already knows the domain finds nothing because there is nothing), they fill the whole budget. With
+    `share` < 1 they are interleaved with the images that have detections, which keep their scores: going down
+    the ranking, place p goes to the next image without detections (the strongest near miss first) when that
+    keeps their count within `share` x p, so with share 0.1 they take places 10, 20, 30, ... Each one is then
+    given a score between its neighbours', so the sort order realises the interleaving. `share` 1 leaves the
+    scores (the paper's order); 0 puts these images after all others. Scores stay >= 0 when they were.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    undetected = np.asarray(undetected, dtype=bool)
+    if share >= 1.0 or not undetected.any() or undetected.all():
+        return scores.copy()
+    detected = np.flatnonzero(~undetected)
+    detected = detected[np.argsort(-scores[detected], kind="stable")]
+    missed = np.flatnonzero(undetected)
+    missed = missed[np.argsort(-scores[missed], kind="stable")]
+    order, taken = [], 0  # order: indices in the interleaved ranking
+    for place in range(1, len(scores) + 1):
+        if taken < len(missed) and (taken + 1 <= share * place + 1e-9 or len(order) - taken == len(detected)):
+            order.append(missed[taken])
+            taken += 1
+        else:
+            order.append(detected[len(order) - taken])
+    out = scores.copy()
+    run: List[int] = []  # consecutive images without detections, placed between two detected neighbours
+    above = None
+    for index in order + [None]:
+        if index is not None and undetected[index]:
+            run.append(index)
+            continue
+        if run:
+            below = scores[index] if index is not None else min(0.0, scores[detected].min())
+            top = scores[above] if above is not None else below + 1.0
+            for i, j in enumerate(run, 1):
+                out[j] = top - (top - below) * i / (len(run) + 1)
+            run = []
+        above = index
+    return out
