@@ -93,8 +93,9 @@ def aldd_at_input_resolution_by_the_formula(levels, size, weights):
 
 
 def aldd_native_by_the_formula(levels, size, weights):
-    """3x3-cell mutual information on each level's grid, each cell's value spread over the stride-8 cells it
-    covers, summed over maps, max over 32x32-pixel regions (4x4 stride-8 cells), mean over regions."""
+    """3x3-cell mutual information on each level's grid, weighted by (8 / stride)^2, each cell's value spread
+    over the stride-8 cells it covers, summed over maps, max over 32x32-pixel regions (4x4 stride-8 cells), mean
+    over regions."""
     sig = [1 / (1 + np.exp(-lv.numpy().astype(np.float64))) for lv in levels]
     nc, fine = levels[0].shape[-1] - 5, size // 8
     total = 0.0
@@ -104,7 +105,7 @@ def aldd_native_by_the_formula(levels, size, weights):
             factor = fine // s.shape[2]
             for a in range(s.shape[1]):
                 p = s[0, a, :, :, 4] * s[0, a, :, :, 5 + c]
-                mi = binary_entropy(window_mean(p, 3)) - window_mean(binary_entropy(p), 3)
+                mi = (binary_entropy(window_mean(p, 3)) - window_mean(binary_entropy(p), 3)) / factor ** 2
                 for i in range(fine):
                     for j in range(fine):
                         u[i, j] += mi[i // factor, j // factor]
