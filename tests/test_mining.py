@@ -7,7 +7,7 @@ import torch
 
 from utils.inference import BatchOutput, ImageMeta
 from ymir.config import MiningConfig
-from ymir.mining.aldd import aldd_scores, class_weights
+from ymir.mining.aldd import aldd_scores, aldd_scores_native, class_weights
 from ymir.mining.cald import (
     BETA,
     Prediction,
@@ -92,8 +92,8 @@ def aldd_at_input_resolution_by_the_formula(levels, size, weights):
     return total
 
 
-def aldd_native_by_the_formula(levels, size, weights):
-    """3x3-cell mutual information on each level's grid, weighted by (8 / stride)^2, each cell's value spread
+def aldd_native_by_the_formula(levels, size, weights, power=2):
+    """3x3-cell mutual information on each level's grid, weighted by (8 / stride)^power, each cell's value spread
     over the stride-8 cells it covers, summed over maps, max over 32x32-pixel regions (4x4 stride-8 cells), mean
     over regions."""
     sig = [1 / (1 + np.exp(-lv.numpy().astype(np.float64))) for lv in levels]
@@ -105,7 +105,7 @@ def aldd_native_by_the_formula(levels, size, weights):
             factor = fine // s.shape[2]
             for a in range(s.shape[1]):
                 p = s[0, a, :, :, 4] * s[0, a, :, :, 5 + c]
-                mi = (binary_entropy(window_mean(p, 3)) - window_mean(binary_entropy(p), 3)) / factor ** 2
+                mi = (binary_entropy(window_mean(p, 3)) - window_mean(binary_entropy(p), 3)) / factor ** power
                 for i in range(fine):
                     for j in range(fine):
                         u[i, j] += mi[i // factor, j // factor]
@@ -131,6 +131,18 @@ def test_aldd_vectorised_equals_the_formula(resolution, formula):
         expected = formula([lv[b:b + 1] for lv in levels], size, weights.tolist())
         assert ours[b].item() == pytest.approx(expected, abs=1e-5)
         assert expected > 0
+
+
+def test_aldd_native_level_power():
+    size, nc = 64, 2
+    levels = random_levels(1, size, nc, seed=3)
+    weights = class_weights([], nc)
+    for power in (0, 1):
+        ours = aldd_scores_native(levels, (size, size), weights, power)
+        assert ours.item() == pytest.approx(aldd_native_by_the_formula(levels, size, weights.tolist(), power), abs=1e-5)
+    # the coarse levels' weight falls with the power, so the score does
+    equal = aldd_scores_native(levels, (size, size), weights, 0).item()
+    assert equal > aldd_scores(levels, (size, size), weights).item() > 0
 
 
 def test_aldd_native_handles_a_stride_64_level_and_non_square_inputs():

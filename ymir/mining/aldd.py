@@ -36,6 +36,7 @@ LOG = logging.getLogger(__name__)
 NATIVE_WINDOW = 3  # cells of each level's own grid
 INPUT_WINDOW = 9  # pixels of the upsampled maps
 REGION = 32  # pixels
+LEVEL_POWER = 2  # native: a level of stride s weighs (s_min / s) ** LEVEL_POWER
 CHUNK_ELEMENTS = 1 << 24  # ~64 MB of float32 per intermediate map (input resolution)
 
 
@@ -86,21 +87,22 @@ def _region_score(u: torch.Tensor, block: int, weights: torch.Tensor) -> torch.T
     return (per_class * weights.to(u.device)).sum(1)
 
 
-def level_weight(rows: int, finest_rows: int) -> float:
-    """(s_min / s)^2 for a level of `rows` cell rows when the finest level has `finest_rows`."""
-    return (rows / finest_rows) ** 2
+def level_weight(rows: int, finest_rows: int, power: float = LEVEL_POWER) -> float:
+    """(s_min / s) ** power for a level of `rows` cell rows when the finest level has `finest_rows`."""
+    return (rows / finest_rows) ** power
 
 
 def aldd_scores_native(levels: List[torch.Tensor], input_size: Tuple[int, int],
-                       weights: torch.Tensor) -> torch.Tensor:
-    """`levels`: raw head outputs, each (B, na, h, w, 5 + nc), before sigmoid. Returns (B,) scores."""
+                       weights: torch.Tensor, level_power: float = LEVEL_POWER) -> torch.Tensor:
+    """`levels`: raw head outputs, each (B, na, h, w, 5 + nc), before sigmoid. Returns (B,) scores.
+    `level_power` 0 weighs the levels equally (bench/aldd_agreement.py compares the choices)."""
     finest = max(levels, key=lambda level: level.shape[2] * level.shape[3])
     grid = (finest.shape[2], finest.shape[3])
     total = None
     for level in levels:
         batch, na = level.shape[:2]
         u = _mutual_information(_anchor_class_maps(level), NATIVE_WINDOW)  # (B * na, nc, h, w), channels-last
-        u = u.reshape(batch, na, *u.shape[1:]).sum(1).mul_(level_weight(level.shape[2], grid[0]))
+        u = u.reshape(batch, na, *u.shape[1:]).sum(1).mul_(level_weight(level.shape[2], grid[0], level_power))
         if tuple(u.shape[-2:]) != grid:
             u = F.interpolate(u, size=grid, mode="nearest")
         total = u if total is None else total + u
