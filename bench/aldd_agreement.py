@@ -21,10 +21,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from mining_bench import draw, spearman  # noqa: E402
+from mining_bench import spearman  # noqa: E402
+from mining_pool import draw  # noqa: E402
 
 from utils.checkpoint import build_model, read_checkpoint  # noqa: E402
-from utils.inference import LetterboxedImages, collate, detect, make_detector  # noqa: E402
+from utils.inference import LetterboxedImages, collate, make_detector  # noqa: E402
 from ymir.mining.aldd import LEVEL_POWER, aldd_scores_input, aldd_scores_native, class_weights  # noqa: E402
 
 
@@ -61,8 +62,8 @@ def main():
             reference, native = [], {p: [] for p in args.powers}
             with torch.inference_mode():
                 for start in range(0, len(images), args.batch):
-                    batch, metas = collate([images[i] for i in range(start, min(len(images), start + args.batch))])
-                    levels = detect(detector, batch, metas, 0.25, 0.45, 1000).levels
+                    batch, _ = collate([images[i] for i in range(start, min(len(images), start + args.batch))])
+                    _, levels = detector(batch)  # the raw maps; ALDD needs no NMS
                     input_size = (batch.shape[2], batch.shape[3])
                     reference += aldd_scores_input(levels, input_size, weights).tolist()
                     for p in args.powers:

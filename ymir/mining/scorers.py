@@ -19,6 +19,7 @@ from ymir.mining.cald import (
     class_distribution,
     class_vector,
     image_rng,
+    share_undetected,
 )
 from ymir.mining.uncertainty import ENTROPY_MIN_SCORE, entropy_score, random_scores
 
@@ -119,4 +120,12 @@ def make_scorer(config: MiningConfig, count: int, detector: Optional[ForwardPass
     return CaldScorer(detector, config, label_histogram if config.cald_class_diversity else None)
 
 
-__all__ = ["Scorer", "make_scorer", "UNREADABLE_SCORE"]
+def rank_scores(config: MiningConfig, scores: np.ndarray, undetected: np.ndarray) -> np.ndarray:
+    """The final scores of all readable candidates, once every shard's are gathered: CALD's share of images
+    without detections (`cald_undetected_share`) needs the whole ranking; the other algorithms keep theirs."""
+    if config.mining_algorithm == "cald":
+        return share_undetected(scores, undetected, config.cald_undetected_share)
+    return scores
+
+
+__all__ = ["Scorer", "make_scorer", "rank_scores", "UNREADABLE_SCORE"]

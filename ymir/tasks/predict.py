@@ -27,8 +27,7 @@ from ymir.distributed import needs_launch, process_group, rank_and_world, wanted
 from ymir.errors import ConfigError
 from ymir.launch import run_distributed
 from ymir.mining import UNREADABLE_SCORE
-from ymir.mining.cald import share_undetected
-from ymir.mining.scorers import RandomScorer, make_scorer
+from ymir.mining.scorers import RandomScorer, make_scorer, rank_scores
 from ymir.results import Detection, write_infer_result, write_mining_result
 from ymir.weights import load_checkpoint, resolve_class_names
 
@@ -123,10 +122,9 @@ def _write_results(ctx: TaskContext, candidates, results: List[ImageResult], cla
                     len(unreadable), "\n".join(f"  {path}: {reason}" for path, reason in unreadable[:50]))
     if config.mining:
         scores = np.array([r.score for r in results])
-        if config.mining.mining_algorithm == "cald":
-            readable = np.array([r.error is None for r in results])
-            undetected = np.array([not r.detections for r in results])[readable]
-            scores[readable] = share_undetected(scores[readable], undetected, config.mining.cald_undetected_share)
+        readable = np.array([r.error is None for r in results])
+        undetected = np.array([not r.detections for r in results])
+        scores[readable] = rank_scores(config.mining, scores[readable], undetected[readable])
         write_mining_result(env.output.mining_result_file,
                             [(candidates[r.index][0], float(s)) for r, s in zip(results, scores)])
         LOG.info("mining result written: %s", env.output.mining_result_file)
