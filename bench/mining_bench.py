@@ -50,7 +50,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -58,72 +57,15 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from mining_pool import CLASSES, FREQUENCIES, SIZE, draw  # noqa: E402
+from mining_report import METHODS, NAMES, VARIANTS, summarise  # noqa: E402
 
 from ymir.demo import ark_text, env_yaml, write_asset  # noqa: E402
 
-CLASSES = ("disc", "box", "triangle", "star")
-FREQUENCIES = (0.55, 0.30, 0.12, 0.03)
-METHODS = ("random", "entropy", "aldd", "cald")
-# Variants of an algorithm: the mining config each adds. Measured in the proxy and speed sections; in the rounds
-# too when named in --methods.
-VARIANTS = {"aldd@input": ("aldd", {"aldd_resolution": "input"}),
-            "cald@share0.1": ("cald", {"cald_undetected_share": 0.1})}
-NAMES = METHODS + tuple(VARIANTS)
-SIZE = 160
 TRAIN_OPTIONS = "--hyp warmup_epochs=0 mosaic=0 lr0=0.02"  # round 0, from scratch
 FINETUNE_OPTIONS = "--hyp warmup_epochs=0 mosaic=0 lr0=0.005"  # rounds 1.., warm-started from the previous round
-
-
-class Item(NamedTuple):
-    jpeg: bytes
-    boxes: list  # (class, x1, y1, x2, y2), corners inclusive
-    kind: str  # empty, hard or normal
-    shifted: bool  # drawn on the second background (the domain the initial set and the source set lack)
-
-
-def background(rng: np.random.Generator, shifted: bool) -> np.ndarray:
-    """Grey blurred noise; the shifted domain is a coarse, saturated colour texture with fine noise on top."""
-    if not shifted:
-        return cv2.GaussianBlur(rng.integers(80, 150, size=(SIZE, SIZE, 3), dtype=np.uint8), (5, 5), 0)
-    coarse = rng.integers(40, 256, size=(SIZE // 20, SIZE // 20, 3), dtype=np.uint8)
-    img = cv2.resize(coarse, (SIZE, SIZE), interpolation=cv2.INTER_CUBIC).astype(np.int16)
-    return np.clip(img + rng.integers(-30, 31, size=img.shape), 0, 255).astype(np.uint8)
-
-
-def draw(rng: np.random.Generator, shift: float = 0.0, frequencies=FREQUENCIES) -> Item:
-    """One generated image; with probability `shift` on the shifted background (no extra draw when shift is 0, so
-    the pools of the earlier protocols are unchanged); `frequencies` are the classes' shares (the same draws for any
-    frequencies)."""
-    shifted = bool(shift > 0 and rng.random() < shift)
-    img = background(rng, shifted)
-    kind = rng.choice(["empty", "hard", "normal"], p=[0.15, 0.20, 0.65])
-    boxes = []
-    count = 0 if kind == "empty" else int(np.clip(rng.poisson(2.0), 1, 5))
-    for _ in range(count):
-        cls = int(rng.choice(len(CLASSES), p=frequencies))
-        side = int(rng.integers(8, 15) if kind == "hard" else rng.integers(20, 56))
-        x1, y1 = int(rng.integers(0, SIZE - side)), int(rng.integers(0, SIZE - side))
-        x2, y2 = x1 + side - 1, y1 + side - 1
-        if any(min(x2, b[3]) > max(x1, b[1]) and min(y2, b[4]) > max(y1, b[2]) for b in boxes):
-            continue
-        base = int(img[y1:y2 + 1, x1:x2 + 1].mean())
-        colour = tuple(int(np.clip(base + rng.choice([-1, 1]) * rng.integers(25, 45), 0, 255)) for _ in range(3)) \
-            if kind == "hard" else tuple(int(c) for c in rng.integers(0, 90, size=3))
-        cx, cy, r = (x1 + x2) // 2, (y1 + y2) // 2, side // 2
-        if cls == 0:
-            cv2.circle(img, (cx, cy), r, colour, -1)
-        elif cls == 1:
-            cv2.rectangle(img, (x1, y1), (x2, y2), colour, -1)
-        elif cls == 2:
-            cv2.fillPoly(img, [np.array([[cx, y1], [x1, y2], [x2, y2]], np.int32)], colour)
-        else:
-            angles = np.arange(10) * np.pi / 5 - np.pi / 2
-            radii = np.where(np.arange(10) % 2 == 0, r, r * 0.45)
-            points = np.stack([cx + radii * np.cos(angles), cy + radii * np.sin(angles)], 1).astype(np.int32)
-            cv2.fillPoly(img, [points], colour)
-        boxes.append((cls, x1, y1, x2, y2))
-    ok, jpeg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 92])
-    return Item(jpeg.tobytes(), boxes, str(kind), shifted)
 
 
 class Task:
@@ -385,115 +327,6 @@ def protocol(args) -> dict:
     if args.source_frequencies != FREQUENCIES:
         keys += ["source_frequencies"]
     return {k: getattr(args, k) for k in keys}
-
-
-def bootstrap_interval(values: np.ndarray, draws: int = 10000) -> tuple:
-    """95 % percentile interval of the mean over seeds, resampling seeds (fixed generator)."""
-    if len(values) < 2:
-        return float("nan"), float("nan")
-    means = values[np.random.default_rng(0).integers(0, len(values), size=(draws, len(values)))].mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
-def merge_seeds(records: list) -> list:
-    """One record per seed: runs of the same seed with other --methods add theirs (round 0 must be the same)."""
-    merged = {}
-    for r in records:
-        seed = r["seed"]
-        if seed not in merged:
-            merged[seed] = json.loads(json.dumps(r))
-            continue
-        base = merged[seed]
-        if base["map0"] != r["map0"]:
-            raise SystemExit(f"seed {seed} was recorded twice with different round-0 models")
-        for name, value in r["methods"].items():
-            if base["methods"].setdefault(name, value) != value:
-                raise SystemExit(f"seed {seed}: {name} was recorded twice with different results")
-        for key in ("breakdown", "spearman", "agreement", "speed"):
-            for name, value in r.get(key, {}).items():
-                base.setdefault(key, {}).setdefault(name, value)
-        base["seconds"] += r["seconds"]
-    return [merged[seed] for seed in sorted(merged)]
-
-
-def summarise(records: list) -> None:
-    protocols = {json.dumps(r["protocol"], sort_keys=True) for r in records}
-    if len(protocols) != 1:
-        raise SystemExit(f"records come from different protocols, not summarised together: {sorted(protocols)}")
-    records = merge_seeds(records)
-    learned = tuple(m for m in NAMES if all(m in r["methods"] for r in records))
-    if "random" not in learned:
-        raise SystemExit("every seed needs random's rounds, the baseline of the comparison")
-    proto = records[0]["protocol"]
-    source = f"{proto['source']} images x {proto['source_epochs']} epochs" if proto.get("source") else "none"
-    if proto.get("source_frequencies"):
-        source += f" (class shares {', '.join(f'{f:g}' for f in proto['source_frequencies'])})"
-    print(f"\nseeds {', '.join(str(r['seed']) for r in records)}; pool {proto['pool']}, test {proto['test']}, "
-          f"initial {proto['initial']}, {proto['rounds']} rounds of {proto['budget']}, round 0 {proto['epochs0']} "
-          f"epochs, {proto['epochs']} epochs per round at {proto['finetune_options']!r}; "
-          f"shifted share {proto.get('shift', 0)}; source model {source}; "
-          f"{sum(r['seconds'] for r in records)} s\n")
-    for r in records:
-        print(f"seed {r['seed']}: round 0 {r['map0']:.4f}; " + "; ".join(
-            f"{m} {' -> '.join(f'{v:.4f}' for v in r['methods'][m]['maps'][1:])}" for m in learned))
-    final = {m: np.array([r["methods"][m]["maps"][-1] - r["map0"] for r in records]) for m in learned}
-    mean = {m: np.array([np.mean(r["methods"][m]["maps"][1:]) - r["map0"] for r in records]) for m in learned}
-    print("\n| method | gain over round 0, final | gain, mean over rounds | final gain - random's: mean [95 % CI], "
-          "seeds ahead | mean-over-rounds gain - random's | Spearman(score, FN+FP) |")
-    print("|---|---|---|---|---|---|")
-    for m in learned:
-        cells = [f"{final[m].mean():+.4f}", f"{mean[m].mean():+.4f}"]
-        if m == "random":
-            cells += ["-", "-"]
-        else:
-            for gains in (final, mean):
-                d = gains[m] - gains["random"]
-                lo, hi = bootstrap_interval(d)
-                cells.append(f"{d.mean():+.4f} [{lo:+.4f}, {hi:+.4f}], {int((d > 0).sum())}/{len(d)}")
-        rho = [r["spearman"][m] for r in records]
-        print(f"| {m} | {' | '.join(cells)} | {np.mean(rho):+.3f} ({', '.join(f'{x:+.3f}' for x in rho)}) |")
-    proxy_only = [v for v in VARIANTS if v not in learned and all(v in r["spearman"] for r in records)]
-    for v in proxy_only:
-        rho = [r["spearman"][v] for r in records]
-        print(f"| {v} | - | - | - | - | {np.mean(rho):+.3f} ({', '.join(f'{x:+.3f}' for x in rho)}) |")
-    for v, (algorithm, _) in VARIANTS.items():
-        if all(v in r["agreement"] for r in records):
-            agree = np.mean([r["agreement"][v] for r in records])
-            print(f"\nSpearman({v} score, {algorithm} score) over the pool: {agree:+.3f}")
-    if all("breakdown" in r for r in records):
-        print("\nThe final models' test mAP@0.5 by subset and AP@0.5 by class, mean over seeds:\n")
-        subsets = [k for k in ("all", "unshifted", "shifted") if k in records[0]["breakdown"]["round 0"]]
-        print(f"| model | {' | '.join(subsets)} | {' | '.join(CLASSES)} |")
-        print("|---|" + "---|" * (len(subsets) + len(CLASSES)))
-        for name in ("round 0",) + learned:
-            cells = [np.mean([r["breakdown"][name][k] for r in records]) for k in subsets]
-            cells += list(np.mean([r["breakdown"][name]["per_class"] for r in records], axis=0))
-            print(f"| {name} | {' | '.join(f'{v:.4f}' for v in cells)} |")
-    print("\nWhat each method selected, all rounds and seeds (share of the selected images; the unlabelled pool "
-          "before round 1 for comparison):\n")
-    print("| method | empty | hard | shifted | with the rare class | boxes per image |")
-    print("|---|---|---|---|---|---|")
-    rows = [("unlabelled pool", [r["unlabelled"] for r in records])]
-    rows += [(m, [s for r in records for s in r["methods"][m]["selected"]]) for m in learned]
-    for name, stats in rows:
-        total = {k: sum(s.get(k, 0) for s in stats) for k in ("images", "empty", "hard", "shifted", "rare", "boxes")}
-        n = total["images"]
-        print(f"| {name} | {total['empty'] / n:.0%} | {total['hard'] / n:.0%} | {total['shifted'] / n:.0%} | "
-              f"{total['rare'] / n:.0%} | "
-              f"{total['boxes'] / n:.2f} |")
-    speed = next((r["speed"] for r in records if r["speed"]), None)
-    if not speed:
-        return
-    base = speed["inference alone"]
-    print(f"\nplain inference: {base:.1f} images/s\n")
-    print("| method | mining images/s | cost vs inference | mining + inference images/s | cost vs mining alone |")
-    print("|---|---|---|---|---|")
-    for m in (m for m in NAMES if f"{m} alone" in speed):
-        alone, both = speed[f"{m} alone"], speed[f"{m} + inference"]
-        if alone is None:
-            print(f"| {m} | no forward pass | - | {both:.1f} | - |")
-        else:
-            print(f"| {m} | {alone:.1f} | {base / alone:.2f}x | {both:.1f} | {alone / both:.2f}x |")
 
 
 def main():
