@@ -3,9 +3,10 @@
 yolov5n with random weights (the cost does not depend on them), uint8 batches through the product's detector
 for this machine (`utils.inference.make_detector`: onnxruntime on a CPU), then `aldd_scores` on the raw maps of
 that batch. Minimum over repeats, per image; the ratio is ALDD's extra time over the forward pass (the target
-"ALDD at most 1.5x plain inference" means a ratio of at most 0.5).
+"ALDD at most 1.5x plain inference" means a ratio of at most 0.5). The process keeps freed memory for reuse as
+the executor does (`utils.malloc`); --default-malloc measures glibc's defaults instead.
 
-    .venv/bin/python bench/aldd_cost.py [--repeats 5] [--input-resolution]
+    .venv/bin/python bench/aldd_cost.py [--repeats 5] [--input-resolution] [--default-malloc]
 """
 import argparse
 import sys
@@ -19,6 +20,7 @@ sys.path.insert(0, str(REPO))
 
 from models.yolo import DetectionModel  # noqa: E402
 from utils.inference import make_detector  # noqa: E402
+from utils.malloc import keep_freed_memory  # noqa: E402
 from ymir.mining.aldd import aldd_scores, class_weights  # noqa: E402
 
 CASES = [(160, 4, 16), (320, 20, 8), (640, 80, 8)]  # image size, classes, batch
@@ -39,7 +41,11 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--input-resolution", action="store_true",
                         help="also time the reference's input-resolution ALDD (slow: minutes at 640 px)")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's malloc thresholds as they are (the executor changes them)")
     args = parser.parse_args()
+    if not args.default_malloc:
+        keep_freed_memory()
     torch.set_num_threads(2)
     print("| size | classes | batch | forward ms/img | aldd native ms/img | extra vs forward |"
           + (" aldd input ms/img | extra vs forward |" if args.input_resolution else ""))

@@ -7,6 +7,7 @@ import torch
 
 from utils.inference import BatchOutput, ImageMeta
 from ymir.config import MiningConfig
+from ymir.mining import aldd
 from ymir.mining.aldd import aldd_scores, aldd_scores_native, class_weights
 from ymir.mining.cald import (
     BETA,
@@ -143,6 +144,18 @@ def test_aldd_native_level_power():
     # the coarse levels' weight falls with the power, so the score does
     equal = aldd_scores_native(levels, (size, size), weights, 0).item()
     assert equal > aldd_scores(levels, (size, size), weights).item() > 0
+
+
+def test_aldd_native_in_chunks_equals_the_whole_batch(monkeypatch):
+    size, nc = 64, 3
+    levels = random_levels(5, size, nc, seed=4)
+    weights = class_weights([], nc)
+    whole = aldd_scores_native(levels, (size, size), weights)
+    per_image = sum(level[0, ..., 5:].numel() for level in levels)
+    monkeypatch.setattr(aldd, "NATIVE_CHUNK_ELEMENTS", 2 * per_image)  # chunks of 2, 2 and 1 images
+    chunked = aldd_scores_native(levels, (size, size), weights)
+    assert chunked.shape == (5,)
+    assert torch.allclose(chunked, whole, rtol=1e-6, atol=1e-6)
 
 
 def test_aldd_native_handles_a_stride_64_level_and_non_square_inputs():

@@ -15,7 +15,8 @@ classes are computed together.
   mutual information is to second order Var / (2 p (1 - p)) over the window, and a fixed pixel window on a map
   upsampled from stride s spans 1/s of a cell per pixel, so its variance falls as 1/s^2 (equal weights let the
   coarse levels, whose 3x3 cells span most of a small input, dominate). Cost ~ 3 x sum_l (S/s_l)^2 x C
-  elements: 0.1-0.2x the forward pass up to 20 classes, 0.8x with 80 classes at 640 px. Rank agreement with
+  elements: 0.1-0.2x the forward pass up to 20 classes, 0.4-0.5x with 80 classes at 640 px (on a CPU, in
+  cache-sized chunks and with freed memory kept for reuse, utils/malloc.py; bench/aldd_cost.py). Rank agreement with
   `input` (Spearman over a generated pool, two models, 160 and 320 px): 0.98-0.99, against 0.90-0.95 with
   equal level weights.
 - `input`: the reference executor's exact computation: every map bilinearly upsampled to the S x S network
@@ -38,6 +39,7 @@ INPUT_WINDOW = 9  # pixels of the upsampled maps
 REGION = 32  # pixels
 LEVEL_POWER = 2  # native: a level of stride s weighs (s_min / s) ** LEVEL_POWER
 CHUNK_ELEMENTS = 1 << 24  # ~64 MB of float32 per intermediate map (input resolution)
+NATIVE_CHUNK_ELEMENTS = 1 << 21  # ~8 MB of float32 per intermediate map (native resolution)
 
 
 def class_weights(weights: Sequence[float], nc: int) -> torch.Tensor:
@@ -95,7 +97,20 @@ def level_weight(rows: int, finest_rows: int, power: float = LEVEL_POWER) -> flo
 def aldd_scores_native(levels: List[torch.Tensor], input_size: Tuple[int, int],
                        weights: torch.Tensor, level_power: float = LEVEL_POWER) -> torch.Tensor:
     """`levels`: raw head outputs, each (B, na, h, w, 5 + nc), before sigmoid. Returns (B,) scores.
-    `level_power` 0 weighs the levels equally (bench/aldd_agreement.py compares the choices)."""
+    `level_power` 0 weighs the levels equally (bench/aldd_agreement.py compares the choices).
+    On a CPU the batch is scored in chunks of about NATIVE_CHUNK_ELEMENTS class-map cells, so that a chunk's
+    intermediate maps stay in the cache (bench/aldd_cost.py); a GPU takes the batch at once."""
+    batch = levels[0].shape[0]
+    per_image = sum(level[0, ..., 5:].numel() for level in levels)
+    images = max(1, NATIVE_CHUNK_ELEMENTS // per_image)
+    if batch <= images or levels[0].device.type != "cpu":
+        return _native_chunk(levels, input_size, weights, level_power)
+    return torch.cat([_native_chunk([level[b0:b0 + images] for level in levels], input_size, weights, level_power)
+                      for b0 in range(0, batch, images)])
+
+
+def _native_chunk(levels: List[torch.Tensor], input_size: Tuple[int, int], weights: torch.Tensor,
+                  level_power: float) -> torch.Tensor:
     finest = max(levels, key=lambda level: level.shape[2] * level.shape[3])
     grid = (finest.shape[2], finest.shape[3])
     total = None
