@@ -19,7 +19,11 @@ set. Every step runs the executor itself (`start.py`) on YMIR-style /in and /out
 With --shift, a share of the pool and of the test split lies on a second background (a domain shift) that the
 initial set lacks; with --source N, round 0 fine-tunes a model trained once on N generated images without the
 shift, as a YMIR user starts from pretrained weights, instead of training from scratch (--source-frequencies:
-with its own class shares, as pretraining data need not share the target's rare class).
+with its own class shares, as pretraining data need not share the target's rare class). With --target CLASS,
+YMIR's own rare-class protocol (../shared/mining.md §2.3): a single-class detector of CLASS, the other shapes
+unlabelled clutter, the test split and the initial set a quarter positive (YMIR's 1 : 3), the pool at the class's
+natural rate (with star, 4 % of the images), so that what a method adds is mostly negatives unless it finds the
+class; --round0-options then sets round 0's learning rate, since the source model's head does not fit one class.
 Round 0 trains from scratch at lr0 0.02 (from the source model: at the fine-tuning options); the fine-tuning
 rounds start from a trained model and use lr0 0.005 (at 0.02 a round's model first fell below the one it
 started from; bench/RESULTS.md has both).
@@ -36,6 +40,7 @@ methods run through the rounds (a variant such as cald@share0.1 too); runs of th
                                            [--shift 0.3] [--source 360 --source-epochs 60 --source-cache DIR]
                                            [--source-frequencies 0.25,0.25,0.25,0.25]
                                            [--methods random,entropy,aldd,cald,cald@share0.1]
+                                           [--target star --round0-options "--hyp lr0=0.02 ..."]
     .venv/bin/python bench/mining_bench.py --summarise FILE [FILE ...]
     .venv/bin/python bench/mining_bench.py --calibrate [--first-seed 0]
 """
@@ -71,12 +76,12 @@ FINETUNE_OPTIONS = "--hyp warmup_epochs=0 mosaic=0 lr0=0.005"  # rounds 1.., war
 class Task:
     """A YMIR task folder: /in (assets, annotations, index files, config, env) and /out."""
 
-    def __init__(self, root: Path, kind: str, config: dict):
+    def __init__(self, root: Path, kind: str, config: dict, classes=CLASSES):
         self.root, self.kind = root, kind
         self.in_dir, self.out = root / "in", root / "out"
         for d in (self.in_dir / "models", self.in_dir / "annotations", self.out / "models", self.out / "tensorboard"):
             d.mkdir(parents=True, exist_ok=True)
-        self.config = dict(config, gpu_id="", gpu_count=0, task_id="t" + "0" * 30, class_names=list(CLASSES))
+        self.config = dict(config, gpu_id="", gpu_count=0, task_id="t" + "0" * 30, class_names=list(classes))
 
     def add_split(self, name: str, items) -> None:
         lines = []
@@ -110,9 +115,11 @@ class Task:
         return proc.stdout + proc.stderr
 
 
-def train(work: Path, labelled, test, epochs: int, start_from: Path = None, options: str = TRAIN_OPTIONS):
+def train(work: Path, labelled, test, epochs: int, start_from: Path = None, options: str = TRAIN_OPTIONS,
+          classes=CLASSES):
     task = Task(work, "training", {"model": "yolov5n", "epochs": epochs, "img_size": SIZE, "batch_size_per_gpu": 16,
-                                   "num_workers_per_gpu": 1, "args_options": options, "export_format": "ark:raw"})
+                                   "num_workers_per_gpu": 1, "args_options": options, "export_format": "ark:raw"},
+                classes)
     task.add_split("train", labelled)
     task.add_split("val", test)
     if start_from:
@@ -122,13 +129,13 @@ def train(work: Path, labelled, test, epochs: int, start_from: Path = None, opti
     return task.out / "models" / "best", float(best["mAP"])
 
 
-def mine(work: Path, model: Path, pool, method: str, infer: bool = False, mining: bool = True):
+def mine(work: Path, model: Path, pool, method: str, infer: bool = False, mining: bool = True, classes=CLASSES):
     kind = "mining+infer" if (mining and infer) else ("mining" if mining else "infer")
     config = {"img_size": SIZE, "batch_size_per_gpu": 16, "num_workers_per_gpu": 1, "conf_thres": 0.25}
     if mining:
         algorithm, extra = VARIANTS.get(method, (method, {}))
         config.update(mining_algorithm=algorithm, seed=0, **extra)
-    task = Task(work, kind, config)
+    task = Task(work, kind, config, classes)
     paths = task.add_candidates(pool)
     task.add_model(model)
     log = task.run()
@@ -142,7 +149,7 @@ def mine(work: Path, model: Path, pool, method: str, infer: bool = False, mining
     return paths, scores, detections, speed
 
 
-def image_errors(paths, detections, pool) -> np.ndarray:
+def image_errors(paths, detections, pool, classes=CLASSES) -> np.ndarray:
     """FN + FP per image at IoU 0.5 (greedy, class-aware) of conf >= 0.25 detections."""
     errors = []
     for path, item in zip(paths, pool):
@@ -155,7 +162,7 @@ def image_errors(paths, detections, pool) -> np.ndarray:
             dx1, dy1, dx2, dy2 = b["x"], b["y"], b["x"] + b["w"], b["y"] + b["h"]
             best, best_iou = None, 0.5
             for i, (c, x1, y1, x2, y2) in enumerate(truth):
-                if i in used or CLASSES[c] != det["class_name"]:
+                if i in used or classes[c] != det["class_name"]:
                     continue
                 inter = max(0, min(x2, dx2) - max(x1, dx1)) * max(0, min(y2, dy2) - max(y1, dy1))
                 iou = inter / ((x2 - x1) * (y2 - y1) + (dx2 - dx1) * (dy2 - dy1) - inter)
@@ -168,7 +175,7 @@ def image_errors(paths, detections, pool) -> np.ndarray:
     return np.array(errors, dtype=np.float64)
 
 
-def breakdown(model_dir: Path, test) -> dict:
+def breakdown(model_dir: Path, test, classes=CLASSES) -> dict:
     """Where a model's test mAP@0.5 comes from: over all test images (what training reports), over the unshifted and
     the shifted ones, and AP@0.5 per class. The executor's validation geometry and settings (each 160 px image
     letterboxed into YOLOv5's padded validation shape), its NMS and its metrics."""
@@ -184,8 +191,7 @@ def breakdown(model_dir: Path, test) -> dict:
     model = build_model(read_checkpoint(model_dir / "best.pt"))
     stride = int(model.stride.max())
     shape = int(np.ceil(SIZE / stride + 0.5)) * stride
-    subsets = {"all": MetricAccumulator(len(CLASSES)), "unshifted": MetricAccumulator(len(CLASSES)),
-               "shifted": MetricAccumulator(len(CLASSES))}
+    subsets = {name: MetricAccumulator(len(classes)) for name in ("all", "unshifted", "shifted")}
     for start in range(0, len(test), 32):
         batch = test[start:start + 32]
         boxed = [letterbox(cv2.imdecode(np.frombuffer(item.jpeg, np.uint8), cv2.IMREAD_COLOR), shape, auto=False,
@@ -203,7 +209,7 @@ def breakdown(model_dir: Path, test) -> dict:
     per_class = result["all"].per_class
     ap = dict(zip(per_class.classes.tolist(), per_class.ap[:, 0].tolist())) if per_class is not None else {}
     return {**{name: m.map50 for name, m in result.items() if subsets[name].stats},  # no shifted subset without --shift
-            "per_class": [ap.get(c, 0.0) for c in range(len(CLASSES))]}
+            "per_class": [ap.get(c, 0.0) for c in range(len(classes))]}
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -220,23 +226,49 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def selection_stats(items) -> dict:
-    """What a set of pool images holds: how many, how many empty / hard / shifted / with the rare class, how many
-    boxes."""
-    rare = len(CLASSES) - 1
+def selection_stats(items, rare: int = len(CLASSES) - 1) -> dict:
+    """What a set of pool images holds: how many, how many empty / hard / shifted / with the rare class (with
+    --target: the target class), how many boxes."""
     return {"images": len(items), "empty": sum(item.kind == "empty" for item in items),
             "hard": sum(item.kind == "hard" for item in items), "shifted": sum(item.shifted for item in items),
             "rare": sum(any(b[0] == rare for b in item.boxes) for item in items),
             "boxes": sum(len(item.boxes) for item in items)}
 
 
+def target_only(item, target: int):
+    """The image as a single-class detector sees it: the target class's boxes (as class 0); the other shapes are
+    unlabelled clutter."""
+    return item._replace(boxes=[(0,) + tuple(b[1:]) for b in item.boxes if b[0] == target])
+
+
 def seed_data(seed: int, args):
-    """A seed's generated pool, test split and initial labelled set (indices into the pool; never a shifted image)."""
+    """A seed's generated pool, test split and initial labelled set (indices into the pool; never a shifted image).
+    With --target, YMIR's rare-class protocol (../shared/mining.md §2.3): one class is labelled, a quarter of the
+    test split and of the initial set holds it (YMIR's 1 positive : 3 negatives), the pool holds it at its natural
+    rate."""
     rng = np.random.default_rng(100 + seed)
     pool = [draw(rng, args.shift) for _ in range(args.pool)]
-    test = [draw(rng, args.shift) for _ in range(args.test)]
-    unshifted = np.array([i for i, item in enumerate(pool) if not item.shifted])
-    return pool, test, set(rng.choice(unshifted, args.initial, replace=False).tolist())
+    if args.target is None:
+        test = [draw(rng, args.shift) for _ in range(args.test)]
+        unshifted = np.array([i for i, item in enumerate(pool) if not item.shifted])
+        return pool, test, set(rng.choice(unshifted, args.initial, replace=False).tolist())
+    target = CLASSES.index(args.target)
+    pool = [target_only(item, target) for item in pool]
+    wanted = {True: args.test // 4, False: args.test - args.test // 4}
+    test = []
+    while any(wanted.values()):
+        item = target_only(draw(rng, args.shift), target)
+        if wanted[bool(item.boxes)]:
+            wanted[bool(item.boxes)] -= 1
+            test.append(item)
+    positives = [i for i, item in enumerate(pool) if item.boxes and not item.shifted]
+    negatives = [i for i, item in enumerate(pool) if not item.boxes and not item.shifted]
+    k = args.initial // 4
+    if len(positives) < k:
+        raise SystemExit(f"--target {args.target}: the pool holds {len(positives)} images with it, the initial set "
+                         f"needs {k}; enlarge --pool")
+    return pool, test, set(rng.choice(positives, k, replace=False).tolist()) | set(
+        rng.choice(negatives, args.initial - k, replace=False).tolist())
 
 
 def source_model(args, tmp: Path):
@@ -271,38 +303,44 @@ def run_seed(seed: int, args, tmp: Path, source) -> dict:
     """One seed: round 0, the proxy (and the speed section if asked), then the rounds of every method."""
     started = time.time()
     pool, test, initial = seed_data(seed, args)
+    classes = (args.target,) if args.target else CLASSES
     model0, map0 = train(tmp / f"s{seed}-r0", [pool[i] for i in sorted(initial)], test, args.epochs0,
-                         start_from=source, options=args.finetune_options if source else TRAIN_OPTIONS)
+                         start_from=source, options=args.round0_options or (args.finetune_options if source
+                                                                             else TRAIN_OPTIONS),
+                         classes=classes)
     print(f"seed {seed}: round 0 mAP@0.5 {map0:.4f} ({len(initial)} images)", flush=True)
     record = {"seed": seed, "protocol": protocol(args), "map0": map0, "methods": {}, "spearman": {},
-              "agreement": {}, "speed": {}, "breakdown": {"round 0": breakdown(model0, test)},
-              "unlabelled": selection_stats([pool[i] for i in range(args.pool) if i not in initial])}
+              "agreement": {}, "speed": {}, "breakdown": {"round 0": breakdown(model0, test, classes)},
+              "unlabelled": selection_stats([pool[i] for i in range(args.pool) if i not in initial], len(classes) - 1)}
     proxy_scores = {}
     for method in NAMES:
-        paths, scores, detections, speed = mine(tmp / f"s{seed}-proxy-{method}", model0, pool, method, infer=True)
+        paths, scores, detections, speed = mine(tmp / f"s{seed}-proxy-{method}", model0, pool, method, infer=True,
+                                                classes=classes)
         proxy_scores[method] = scores
-        record["spearman"][method] = spearman(scores, image_errors(paths, detections, pool))
+        record["spearman"][method] = spearman(scores, image_errors(paths, detections, pool, classes))
         if args.speed:
             record["speed"][f"{method} + inference"] = speed
-            record["speed"][f"{method} alone"] = mine(tmp / f"s{seed}-speed-{method}", model0, pool, method)[3]
+            record["speed"][f"{method} alone"] = mine(tmp / f"s{seed}-speed-{method}", model0, pool, method,
+                                                      classes=classes)[3]
     for variant, (algorithm, _) in VARIANTS.items():
         record["agreement"][variant] = spearman(proxy_scores[variant], proxy_scores[algorithm])
     if args.speed:
         record["speed"]["inference alone"] = mine(tmp / f"s{seed}-speed-infer", model0, pool, "", infer=True,
-                                                  mining=False)[3]
+                                                  mining=False, classes=classes)[3]
     for method in args.methods:
         labelled, model, maps, selected = set(initial), model0, [map0], []
         for r in range(1, args.rounds + 1):
             unlabelled = [i for i in range(args.pool) if i not in labelled]
-            _, scores, _, _ = mine(tmp / f"s{seed}-{method}-m{r}", model, [pool[i] for i in unlabelled], method)
+            _, scores, _, _ = mine(tmp / f"s{seed}-{method}-m{r}", model, [pool[i] for i in unlabelled], method,
+                                   classes=classes)
             picked = [unlabelled[i] for i in np.argsort(-scores, kind="stable")[:args.budget]]
-            selected.append(selection_stats([pool[i] for i in picked]))
+            selected.append(selection_stats([pool[i] for i in picked], len(classes) - 1))
             labelled |= set(picked)
             model, m = train(tmp / f"s{seed}-{method}-r{r}", [pool[i] for i in sorted(labelled)], test,
-                             args.epochs, start_from=model, options=args.finetune_options)
+                             args.epochs, start_from=model, options=args.finetune_options, classes=classes)
             maps.append(m)
         record["methods"][method] = {"maps": maps, "selected": selected}
-        record["breakdown"][method] = breakdown(model, test)
+        record["breakdown"][method] = breakdown(model, test, classes)
         print(f"seed {seed} {method}: mAP@0.5 by round {' -> '.join(f'{m:.4f}' for m in maps)}", flush=True)
     record["seconds"] = round(time.time() - started)
     return record
@@ -326,6 +364,8 @@ def protocol(args) -> dict:
         keys += ["shift", "source", "source_epochs"]
     if args.source_frequencies != FREQUENCIES:
         keys += ["source_frequencies"]
+    if args.target:
+        keys += ["target", "round0_options"]
     return {k: getattr(args, k) for k in keys}
 
 
@@ -349,9 +389,15 @@ def main():
     parser.add_argument("--source-frequencies", type=lambda text: tuple(float(f) for f in text.split(",")),
                         default=FREQUENCIES, metavar="F,F,F,F",
                         help="class shares of the source set (default: the pool's, 0.55,0.30,0.12,0.03)")
+    parser.add_argument("--target", choices=CLASSES,
+                        help="YMIR's rare-class protocol: a single-class detector of this class (the other shapes "
+                             "unlabelled), test split and initial set a quarter positive, the pool at its natural rate")
     parser.add_argument("--source-cache", type=Path, help="folder keeping the source model between runs")
     parser.add_argument("--finetune-options", default=FINETUNE_OPTIONS,
                         help="args_options of the fine-tuning after each mining round (round 0 keeps its own)")
+    parser.add_argument("--round0-options",
+                        help="args_options of round 0 (default: the fine-tuning options from a source model, "
+                             f"{TRAIN_OPTIONS!r} from scratch)")
     parser.add_argument("--skip-speed", dest="speed", action="store_false",
                         help="leave out the speed section (otherwise measured with the first seed)")
     parser.add_argument("--methods", type=lambda text: tuple(m.strip() for m in text.split(",")), default=METHODS,

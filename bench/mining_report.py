@@ -61,7 +61,8 @@ def summarise(records: list) -> None:
           f"initial {proto['initial']}, {proto['rounds']} rounds of {proto['budget']}, round 0 {proto['epochs0']} "
           f"epochs, {proto['epochs']} epochs per round at {proto['finetune_options']!r}; "
           f"shifted share {proto.get('shift', 0)}; source model {source}; "
-          f"{sum(r['seconds'] for r in records)} s\n")
+          + (f"single-class detector of {proto['target']} (the rare-class protocol); " if proto.get("target") else "")
+          + f"{sum(r['seconds'] for r in records)} s\n")
     for r in records:
         print(f"seed {r['seed']}: round 0 {r['map0']:.4f}; " + "; ".join(
             f"{m} {' -> '.join(f'{v:.4f}' for v in r['methods'][m]['maps'][1:])}" for m in learned))
@@ -92,8 +93,9 @@ def summarise(records: list) -> None:
     if all("breakdown" in r for r in records):
         print("\nThe final models' test mAP@0.5 by subset and AP@0.5 by class, mean over seeds:\n")
         subsets = [k for k in ("all", "unshifted", "shifted") if k in records[0]["breakdown"]["round 0"]]
-        print(f"| model | {' | '.join(subsets)} | {' | '.join(CLASSES)} |")
-        print("|---|" + "---|" * (len(subsets) + len(CLASSES)))
+        classes = (proto["target"],) if proto.get("target") else CLASSES
+        print(f"| model | {' | '.join(subsets)} | {' | '.join(classes)} |")
+        print("|---|" + "---|" * (len(subsets) + len(classes)))
         for name in ("round 0",) + learned:
             cells = [np.mean([r["breakdown"][name][k] for r in records]) for k in subsets]
             cells += list(np.mean([r["breakdown"][name]["per_class"] for r in records], axis=0))
