@@ -42,7 +42,11 @@ def test_entropy_hand_computed():
     h = [1.0, binary_entropy_bits(0.9), binary_entropy_bits(0.99), binary_entropy_bits(0.2)]
     expected = np.mean(sorted(h, reverse=True)[:3])
     assert entropy_score(scores, np.ones((4, 1))) == pytest.approx(expected)
-    assert entropy_score(np.zeros(0), np.zeros((0, 3))) == 0.0
+    # no box kept: below every image with one, by the most confident raw prediction (floor 0.05)
+    assert entropy_score(np.zeros(0), np.zeros((0, 3)), 0.03) == pytest.approx((0.03 / 0.05 - 1) / 2)  # -0.2
+    assert entropy_score(np.zeros(0), np.zeros((0, 3)), 0.0) == -0.5
+    assert entropy_score(np.zeros(0), np.zeros((0, 3))) == -0.5
+    assert entropy_score(np.array([0.9999]), np.ones((1, 1))) > entropy_score(np.zeros(0), np.zeros((0, 1)), 0.0499)
 
 
 # ---------- ALDD: a direct, slow implementation of the formula ----------

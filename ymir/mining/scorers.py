@@ -47,7 +47,8 @@ class EntropyScorer(Scorer):
     def score_batch(self, images, out, metas, keys):
         dets, indices = non_max_suppression(out.decoded, ENTROPY_MIN_SCORE, self.iou_thres, max_det=self.max_det,
                                             return_indices=True)
-        return [entropy_score(det[:, 4].numpy(), out.decoded[b, idx, 5:].numpy())
+        best = (out.decoded[..., 4:5] * out.decoded[..., 5:]).amax((1, 2)).tolist()  # per image, before NMS
+        return [entropy_score(det[:, 4].numpy(), out.decoded[b, idx, 5:].numpy(), best[b])
                 for b, (det, idx) in enumerate(zip(dets, indices))]
 
 

@@ -4,8 +4,13 @@ entropy: every box the detector keeps after NMS with score >= ENTROPY_MIN_SCORE 
 uncertainty, in [0, 1], is the binary entropy (bits) of its score s = objectness x best class probability;
 with several classes, averaged with the normalised entropy of its class distribution (the class
 probabilities rescaled to sum to 1, entropy divided by log2(nc)). The image score is the mean of its
-TOP_BOXES most uncertain boxes (0 without boxes): independent of how crowded the image is, yet not diluted by
-many easy boxes, and comparable across image sizes.
+TOP_BOXES most uncertain boxes: independent of how crowded the image is, yet not diluted by many easy boxes,
+and comparable across image sizes.
+
+An image without such a box ranks below every image with one, by its most confident raw prediction b (before
+NMS): (b / ENTROPY_MIN_SCORE - 1) / 2, in [-0.5, 0), the nearest to a detection first. A weak or conservative
+model (a new class learnt from few examples) may keep no box above the floor anywhere; its candidates are then
+still ranked by where it comes closest to seeing an object, not left tied at 0. Unreadable images stay last (-1).
 """
 from __future__ import annotations
 
@@ -44,8 +49,15 @@ def box_uncertainty(scores: np.ndarray, class_probs: np.ndarray) -> np.ndarray:
     return u
 
 
-def entropy_score(scores: np.ndarray, class_probs: np.ndarray) -> float:
+def undetected_score(best_score: float) -> float:
+    """Score of an image without a box above ENTROPY_MIN_SCORE, from its most confident raw prediction."""
+    return (min(max(best_score, 0.0), ENTROPY_MIN_SCORE) / ENTROPY_MIN_SCORE - 1) / 2
+
+
+def entropy_score(scores: np.ndarray, class_probs: np.ndarray, best_score: float = 0.0) -> float:
+    """`scores` (n,) and `class_probs` (n, nc) of the boxes kept after NMS; `best_score`: the image's most
+    confident raw prediction, used when no box was kept."""
     if len(scores) == 0:
-        return 0.0
+        return undetected_score(best_score)
     u = np.sort(box_uncertainty(scores, class_probs))[::-1][:TOP_BOXES]
     return float(u.mean())
