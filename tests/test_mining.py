@@ -23,7 +23,7 @@ from ymir.mining.cald import (
     share_undetected,
     shrink,
 )
-from ymir.mining.scorers import CaldScorer
+from ymir.mining.scorers import CaldScorer, best_raw_score
 from ymir.mining.uncertainty import binary_entropy_bits, entropy_score, random_scores
 
 
@@ -47,6 +47,11 @@ def test_entropy_hand_computed():
     assert entropy_score(np.zeros(0), np.zeros((0, 3)), 0.0) == -0.5
     assert entropy_score(np.zeros(0), np.zeros((0, 3))) == -0.5
     assert entropy_score(np.array([0.9999]), np.ones((1, 1))) > entropy_score(np.zeros(0), np.zeros((0, 1)), 0.0499)
+
+
+def test_best_raw_score_is_objectness_times_best_class():
+    decoded = torch.tensor([[10.0, 10, 4, 4, 0.5, 0.02, 0.06], [20, 20, 4, 4, 0.9, 0.03, 0.01]])
+    assert best_raw_score(decoded) == pytest.approx(0.03)  # 0.5 x 0.06 beats 0.9 x 0.03
 
 
 # ---------- ALDD: a direct, slow implementation of the formula ----------

@@ -26,14 +26,14 @@ def keep_freed_memory() -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        mallopt = ctypes.CDLL(None).mallopt
-        mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-        version = ctypes.CDLL(None).gnu_get_libc_version
+        libc = ctypes.CDLL(None)  # the C library this process runs on
+        mallopt, version = libc.mallopt, libc.gnu_get_libc_version
     except (OSError, AttributeError):  # not glibc (musl has no gnu_get_libc_version)
         return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    version.restype = ctypes.c_char_p
     done = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
     if not done:
-        version.restype = ctypes.c_char_p
         LOG.warning("glibc %s refused the malloc thresholds; freed CPU memory goes back to the system",
                     version().decode())
     return done

@@ -47,9 +47,15 @@ class EntropyScorer(Scorer):
     def score_batch(self, images, out, metas, keys):
         dets, indices = non_max_suppression(out.decoded, ENTROPY_MIN_SCORE, self.iou_thres, max_det=self.max_det,
                                             return_indices=True)
-        best = (out.decoded[..., 4:5] * out.decoded[..., 5:]).amax((1, 2)).tolist()  # per image, before NMS
-        return [entropy_score(det[:, 4].numpy(), out.decoded[b, idx, 5:].numpy(), best[b])
+        return [entropy_score(det[:, 4].numpy(), out.decoded[b, idx, 5:].numpy(),
+                              0.0 if len(det) else best_raw_score(out.decoded[b]))
                 for b, (det, idx) in enumerate(zip(dets, indices))]
+
+
+def best_raw_score(decoded: torch.Tensor) -> float:
+    """An image's most confident raw prediction (objectness x best class probability, before NMS), from its
+    (N, 5 + nc) decoded rows; only images without a kept box need it."""
+    return float((decoded[:, 4] * decoded[:, 5:].amax(1)).max())
 
 
 class AlddScorer(Scorer):
