@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from mining_bench import spearman  # noqa: E402
+from mining_eval import spearman  # noqa: E402
 from mining_pool import draw  # noqa: E402
 
 from utils.checkpoint import build_model, read_checkpoint  # noqa: E402
