@@ -7,6 +7,7 @@ otherwise one command from argv prints one JSON object on stdout:
                                           fp16, stripped), plus IO: an input batch and the original's eval
                                           outputs for it (plain tensors, computed with the fp16-rounded weights)
 """
+import contextlib
 import json
 import os
 import shutil
@@ -15,16 +16,37 @@ import tempfile
 from pathlib import Path
 
 os.environ.setdefault("YOLOV5_CONFIG_DIR", tempfile.mkdtemp(prefix="yolov5-config-"))
+os.environ.setdefault("YOLO_CONFIG_DIR", os.environ["YOLOV5_CONFIG_DIR"])  # Ultralytics' settings: not in $HOME
 _font = Path(os.environ["YOLOV5_CONFIG_DIR"]) / "Arial.ttf"
 if not _font.exists():  # the original downloads a font otherwise; any TTF will do offline
     import matplotlib
 
     shutil.copy(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf", _font)
 
-import torch  # noqa: E402
-import yolov5  # noqa: E402
-import yolov5.models.common  # noqa: E402
-import yolov5.models.yolo  # noqa: E402
+
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """Inside, file descriptor 1 and sys.stdout lead to stderr: what the original's libraries print (the
+    Ultralytics package announces the settings file it creates on its first import; loggers made during
+    the imports keep the stream they found) cannot mix with the JSON answers on stdout."""
+    sys.stdout.flush()
+    saved_fd, saved_stream = os.dup(1), sys.stdout
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved_fd, 1)
+        os.close(saved_fd)
+        sys.stdout = saved_stream
+
+
+with stdout_to_stderr():
+    import torch  # noqa: E402
+    import yolov5  # noqa: E402
+    import yolov5.models.common  # noqa: E402
+    import yolov5.models.yolo  # noqa: E402
 
 ORIGINAL_MODULES = {"models": yolov5.models, "models.yolo": yolov5.models.yolo, "models.common": yolov5.models.common}
 
@@ -219,7 +241,8 @@ def serve():
     for line in sys.stdin:
         command, *args = json.loads(line)
         try:
-            result = {"ok": True, **COMMANDS[command](*args)}
+            with stdout_to_stderr():
+                result = {"ok": True, **COMMANDS[command](*args)}
         except Exception as exc:  # reported to the test, which fails with the trace
             import traceback
 
@@ -232,4 +255,6 @@ if __name__ == "__main__":
     if sys.argv[1] == "serve":
         serve()
     else:
-        print(json.dumps(COMMANDS[sys.argv[1]](*sys.argv[2:])))
+        with stdout_to_stderr():
+            answer = COMMANDS[sys.argv[1]](*sys.argv[2:])
+        print(json.dumps(answer))
