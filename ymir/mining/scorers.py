@@ -54,7 +54,8 @@ class EntropyScorer(Scorer):
 
 def best_raw_score(decoded: torch.Tensor) -> float:
     """An image's most confident raw prediction (objectness x best class probability, before NMS), from its
-    (N, 5 + nc) decoded rows; only images without a kept box need it."""
+    (N, 5 + nc) decoded rows. Entropy and CALD both order the images without a kept box by it, so where a
+    model keeps no box anywhere in the pool the two rank the pool alike."""
     return float((decoded[:, 4] * decoded[:, 5:].amax(1)).max())
 
 
@@ -79,11 +80,6 @@ class CaldScorer(Scorer):
         det, idx = out.detections[b], out.indices[b]
         return Prediction(det[:, :4].numpy().astype(np.float64), det[:, 4].numpy().astype(np.float64),
                           class_distribution(out.decoded[b, idx, 5:].numpy()))
-
-    @staticmethod
-    def _strongest_candidate(out: BatchOutput, b: int) -> float:
-        """The highest objectness x class probability among image b's raw predictions."""
-        return float((out.decoded[b, :, 4:5] * out.decoded[b, :, 5:]).max())
 
     def score_batch(self, images, out, metas, keys):
         cfg = self.config
@@ -110,7 +106,7 @@ class CaldScorer(Scorer):
             metric = cald_metric(ref, pairs)
             vector = class_vector([ref] + [p for _, p in pairs], out.decoded.shape[2] - 5) \
                 if self.label_histogram is not None else None
-            evidence = self._strongest_candidate(out, b) if len(ref) == 0 else 0.0
+            evidence = best_raw_score(out.decoded[b]) if len(ref) == 0 else 0.0
             scores.append(cald_score(metric, vector, self.label_histogram, evidence))
         return scores
 
