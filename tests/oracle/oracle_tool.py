@@ -43,10 +43,10 @@ def stdout_to_stderr():
 
 
 with stdout_to_stderr():
-    import torch  # noqa: E402
-    import yolov5  # noqa: E402
-    import yolov5.models.common  # noqa: E402
-    import yolov5.models.yolo  # noqa: E402
+    import torch
+    import yolov5
+    import yolov5.models.common
+    import yolov5.models.yolo
 
 ORIGINAL_MODULES = {"models": yolov5.models, "models.yolo": yolov5.models.yolo, "models.common": yolov5.models.common}
 
