@@ -43,6 +43,7 @@ methods run through the rounds (a variant such as cald@share0.1 too); runs of th
                                            [--target star --round0-options "--hyp lr0=0.02 ..."]
     .venv/bin/python bench/mining_bench.py --summarise FILE [FILE ...]
     .venv/bin/python bench/mining_bench.py --calibrate [--first-seed 0]
+    .venv/bin/python bench/mining_bench.py --round0-only [--seeds 3] [--round0-options=...] [...]
 """
 from __future__ import annotations
 
@@ -213,8 +214,8 @@ def source_model(args, tmp: Path):
     return model
 
 
-def run_seed(seed: int, args, tmp: Path, source) -> dict:
-    """One seed: round 0, the proxy (and the speed section if asked), then the rounds of every method."""
+def round0(seed: int, args, tmp: Path, source):
+    """A seed's data and its round-0 model (shared by all methods of the seed): pool, test, initial, model, mAP."""
     started = time.time()
     pool, test, initial = seed_data(seed, args)
     classes = (args.target,) if args.target else CLASSES
@@ -222,7 +223,16 @@ def run_seed(seed: int, args, tmp: Path, source) -> dict:
                          start_from=source, options=args.round0_options or (args.finetune_options if source
                                                                              else TRAIN_OPTIONS),
                          classes=classes)
-    print(f"seed {seed}: round 0 mAP@0.5 {map0:.4f} ({len(initial)} images)", flush=True)
+    print(f"seed {seed}: round 0 mAP@0.5 {map0:.4f} ({len(initial)} images, {time.time() - started:.0f} s)",
+          flush=True)
+    return pool, test, initial, model0, map0
+
+
+def run_seed(seed: int, args, tmp: Path, source) -> dict:
+    """One seed: round 0, the proxy (and the speed section if asked), then the rounds of every method."""
+    started = time.time()
+    pool, test, initial, model0, map0 = round0(seed, args, tmp, source)
+    classes = (args.target,) if args.target else CLASSES
     record = {"seed": seed, "protocol": protocol(args), "map0": map0, "methods": {}, "spearman": {},
               "agreement": {}, "speed": {}, "breakdown": {"round 0": breakdown(model0, test, classes)},
               "unlabelled": selection_stats([pool[i] for i in range(args.pool) if i not in initial], len(classes) - 1)}
@@ -320,6 +330,9 @@ def main():
     parser.add_argument("--record", type=Path, help="append each seed's results to this JSON-lines file")
     parser.add_argument("--summarise", type=Path, nargs="+", metavar="FILE",
                         help="run nothing: summarise the seeds recorded in these files")
+    parser.add_argument("--round0-only", action="store_true",
+                        help="run nothing else: train each seed's round 0 and print its mAP (to choose --round0-options"
+                             " or --epochs0 before the long runs)")
     parser.add_argument("--calibrate", action="store_true",
                         help="run nothing else: train the first seed's initial set for 3 x --epochs0 epochs and its "
                              "whole pool for --epochs0 (equal image passes), to see what limits a round")
@@ -338,6 +351,10 @@ def main():
     records = []
     with tempfile.TemporaryDirectory(prefix="mining-bench-") as tmp:
         source = source_model(args, Path(tmp))
+        if args.round0_only:
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
+                round0(seed, args, Path(tmp), source)
+            return
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             records.append(run_seed(seed, args, Path(tmp), source))
             args.speed = False  # the speed section runs with the first seed only
