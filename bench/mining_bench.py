@@ -214,11 +214,16 @@ def source_model(args, tmp: Path):
     return model
 
 
+def detector_classes(args) -> tuple:
+    """The classes the detector learns: the one --target class, or all of the pool's."""
+    return (args.target,) if args.target else CLASSES
+
+
 def round0(seed: int, args, tmp: Path, source):
     """A seed's data and its round-0 model (shared by all methods of the seed): pool, test, initial, model, mAP."""
     started = time.time()
     pool, test, initial = seed_data(seed, args)
-    classes = (args.target,) if args.target else CLASSES
+    classes = detector_classes(args)
     model0, map0 = train(tmp / f"s{seed}-r0", [pool[i] for i in sorted(initial)], test, args.epochs0,
                          start_from=source, options=args.round0_options or (args.finetune_options if source
                                                                              else TRAIN_OPTIONS),
@@ -232,7 +237,7 @@ def run_seed(seed: int, args, tmp: Path, source) -> dict:
     """One seed: round 0, the proxy (and the speed section if asked), then the rounds of every method."""
     started = time.time()
     pool, test, initial, model0, map0 = round0(seed, args, tmp, source)
-    classes = (args.target,) if args.target else CLASSES
+    classes = detector_classes(args)
     record = {"seed": seed, "protocol": protocol(args), "map0": map0, "methods": {}, "spearman": {},
               "agreement": {}, "speed": {}, "breakdown": {"round 0": breakdown(model0, test, classes)},
               "unlabelled": selection_stats([pool[i] for i in range(args.pool) if i not in initial], len(classes) - 1)}
@@ -351,11 +356,12 @@ def main():
     records = []
     with tempfile.TemporaryDirectory(prefix="mining-bench-") as tmp:
         source = source_model(args, Path(tmp))
+        seeds = range(args.first_seed, args.first_seed + args.seeds)
         if args.round0_only:
-            for seed in range(args.first_seed, args.first_seed + args.seeds):
+            for seed in seeds:
                 round0(seed, args, Path(tmp), source)
             return
-        for seed in range(args.first_seed, args.first_seed + args.seeds):
+        for seed in seeds:
             records.append(run_seed(seed, args, Path(tmp), source))
             args.speed = False  # the speed section runs with the first seed only
             if args.record:
