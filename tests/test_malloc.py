@@ -13,7 +13,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 SCRIPT = """
-import resource, sys, torch
+import ctypes, resource, sys, torch
+ctypes.CDLL(None).prctl(41, 1, 0, 0, 0)  # PR_SET_THP_DISABLE: 4 KB pages, where transparent huge pages are 'always'
 sys.path.insert(0, {repo!r})
 if {keep}:
     from utils.malloc import keep_freed_memory

@@ -2,7 +2,8 @@
 # The project's checks: lint (py38 target), the whole suite on the current torch, then the core tests -- every
 # task end to end, checkpoints, ONNX, the sharded run -- on the oldest Python/torch among the images
 # (Python 3.8 + torch 1.10.2, .venvs/floor). Needs tools/bootstrap.sh first. Arguments go to the main run.
-set -euo pipefail
+# Every step runs even when an earlier one fails; the script ends with one summary and fails if any step did.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 FLOOR_TESTS=(
   tests/test_config.py tests/test_dataset.py tests/test_outputs.py tests/test_start.py tests/test_checkpoint.py
@@ -12,7 +13,27 @@ FLOOR_TESTS=(
   tests/test_train_task.py::test_an_opset_this_torch_cannot_write_is_a_config_error_before_training
   tests/test_distributed.py::test_two_process_sharded_mining_and_inference_equal_one_process
 )
-.venv/bin/ruff check .
-.venv/bin/python -m pytest -q "$@"
-echo "core tests on Python 3.8 + torch $(.venvs/floor/bin/python -c 'import torch; print(torch.__version__)'):"
-.venvs/floor/bin/python -m pytest -q -p no:cacheprovider "${FLOOR_TESTS[@]}"
+summary=()
+failed=0
+step() {  # step NAME COMMAND...: run it, record its outcome
+  local name=$1 started=$SECONDS status
+  shift
+  "$@"
+  status=$?
+  if [ "$status" -eq 0 ]; then
+    summary+=("  ok      $name ($((SECONDS - started)) s)")
+  else
+    summary+=("  FAILED  $name (exit $status, $((SECONDS - started)) s)")
+    failed=1
+  fi
+}
+step "lint (ruff)" .venv/bin/ruff check .
+step "tests on $(.venv/bin/python -c "import sys, torch; print(f'Python {sys.version.split()[0]} + torch {torch.__version__}'")")" \
+  .venv/bin/python -m pytest -q "$@"
+floor_torch=$(.venvs/floor/bin/python -c 'import torch; print(torch.__version__)')
+echo "core tests on Python 3.8 + torch $floor_torch:"
+step "core tests on Python 3.8 + torch $floor_torch" \
+  .venvs/floor/bin/python -m pytest -q -p no:cacheprovider "${FLOOR_TESTS[@]}"
+echo "summary:"
+printf '%s\n' "${summary[@]}"
+exit "$failed"

@@ -15,7 +15,11 @@ import torch
 from models.yolo import DetectionModel
 
 LOG = logging.getLogger(__name__)
-TOLERANCE = 1e-3  # decoded outputs are in pixels (up to the image size): 1e-3 px is far below rounding
+# ONNX against torch: decoded outputs are pixels, up to a few thousand for P6 boxes, where one float32 step is
+# 2.4e-4 and the two runtimes' kernels round differently on each instruction set; a wrong grid or anchor is off by
+# whole pixels. So 1e-3 plus 1e-5 of the value.
+TOLERANCE = 1e-3
+RELATIVE_TOLERANCE = 1e-5
 
 
 class ExportError(Exception):
@@ -70,15 +74,18 @@ def export_onnx(model: DetectionModel, path: Path, img_size: int, opset: int, dy
 
 def check_session(session, module: torch.nn.Module, sample: torch.Tensor) -> float:
     """Run `sample` through the onnxruntime session and the torch module; every output must have the same shape
-    and agree within TOLERANCE. Returns the largest absolute difference; raises ExportError otherwise."""
+    and agree within TOLERANCE + RELATIVE_TOLERANCE x |torch's value|. Returns the largest absolute difference;
+    raises ExportError otherwise."""
     got = session.run(None, {"images": sample.numpy()})
     with torch.no_grad():
         expected = module(sample)
     expected = [e.numpy() for e in (expected if isinstance(expected, (tuple, list)) else (expected,))]
     shapes, expected_shapes = [g.shape for g in got], [e.shape for e in expected]
-    diff = max(float(np.abs(g - e).max()) for g, e in zip(got, expected)) if shapes == expected_shapes else None
-    if diff is None or diff > TOLERANCE:
-        raise ExportError(f"ONNX output differs from torch: shape {shapes} vs {expected_shapes}, max diff {diff}")
+    if shapes != expected_shapes:
+        raise ExportError(f"ONNX output differs from torch: shape {shapes} vs {expected_shapes}")
+    diff = max(float(np.abs(g - e).max()) for g, e in zip(got, expected))
+    if not all(np.all(np.abs(g - e) <= TOLERANCE + RELATIVE_TOLERANCE * np.abs(e)) for g, e in zip(got, expected)):
+        raise ExportError(f"ONNX output differs from torch: max difference {diff}")
     return diff
 
 
