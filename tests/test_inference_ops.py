@@ -3,11 +3,12 @@ import numpy as np
 import pytest
 import torch
 
+import utils.nms
 from tests.helpers import oracle
 from utils.boxes import box_iou, scale_ratio_pad, unletterbox_boxes, xywh_to_xyxy, xyxy_to_xywh
 from utils.checkpoint import load_plain
 from utils.letterbox import letterbox
-from utils.nms import non_max_suppression
+from utils.nms import greedy_nms, non_max_suppression
 
 
 def random_predictions(seed, batch=3, anchors=2000, nc=4):
@@ -18,12 +19,17 @@ def random_predictions(seed, batch=3, anchors=2000, nc=4):
     return torch.cat((xy, wh, scores), 2)
 
 
+@pytest.mark.parametrize("kernel", ["torchvision", "greedy_nms"])
 @pytest.mark.parametrize("multi_label,agnostic,conf,iou,max_det", [
     (False, False, 0.25, 0.45, 1000),
     (True, False, 0.001, 0.6, 300),
     (False, True, 0.1, 0.5, 50),
 ])
-def test_nms_equals_the_original(tmp_path, multi_label, agnostic, conf, iou, max_det):
+def test_nms_equals_the_original(tmp_path, monkeypatch, kernel, multi_label, agnostic, conf, iou, max_det):
+    """With torchvision's kernel (GPU images, test environments) and with the plain-torch one (CPU image)."""
+    import torchvision
+
+    monkeypatch.setattr(utils.nms, "NMS_KERNEL", torchvision.ops.nms if kernel == "torchvision" else greedy_nms)
     prediction = random_predictions(seed=int(conf * 1000) + max_det)
     prediction[1, :, 4] = 0.0  # an image with nothing over the threshold
     io = tmp_path / "io.pt"
@@ -38,6 +44,25 @@ def test_nms_equals_the_original(tmp_path, multi_label, agnostic, conf, iou, max
         if len(idx):  # each detection comes from the raw prediction it names
             torch.testing.assert_close(mine[:, :4], xywh_to_xyxy(pred[idx, :4]))
     assert sum(len(d) for d in ours) > 10 and len(ours[1]) == 0
+
+
+@pytest.mark.parametrize("count,spread", [(0, 100), (1, 100), (700, 60), (3000, 200)])
+def test_greedy_nms_keeps_what_torchvision_keeps(count, spread):
+    """Clustered boxes (long suppression chains within a block and across blocks), one IoU threshold each."""
+    import torchvision
+
+    g = torch.Generator().manual_seed(count)
+    centres = torch.rand(max(count // 20, 1), 2, generator=g) * spread
+    xy = centres[torch.randint(0, centres.shape[0], (count,), generator=g)] + torch.randn(count, 2, generator=g) * 6
+    wh = torch.rand(count, 2, generator=g) * 30 + 1
+    boxes = torch.cat((xy - wh / 2, xy + wh / 2), 1)
+    scores = torch.rand(count, generator=g)
+    kept = {}
+    for iou in (0.3, 0.45, 0.7):
+        expected = torchvision.ops.nms(boxes, scores, iou)
+        assert torch.equal(greedy_nms(boxes, scores, iou), expected)
+        kept[iou] = len(expected)
+    assert count < 700 or 20 < kept[0.3] < count / 2 < kept[0.7] < count  # suppression, not of everything
 
 
 def test_letterbox_equals_the_original(tmp_path):

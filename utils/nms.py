@@ -1,15 +1,66 @@
-"""Non-maximum suppression on YOLOv5 outputs, with YOLOv5's scoring rules (no time limit)."""
+"""Non-maximum suppression on YOLOv5 outputs, with YOLOv5's scoring rules (no time limit).
+
+The greedy suppression itself is torchvision's compiled `nms` where torchvision is installed and its kernels
+load (every GPU image, the test environments); the CPU image may ship without torchvision (the only CPU build
+of it lives on PyTorch's own index), and then `greedy_nms` below does the same job in plain torch.
+"""
 from __future__ import annotations
 
-from typing import List
+from typing import Callable, List, Optional
 
+import numpy as np
 import torch
-import torchvision
 
 from utils.boxes import xywh_to_xyxy
 
 MAX_BOX_SIZE = 7680  # class offset for class-aware NMS in one call: larger than any box
 MAX_NMS_INPUT = 30000  # at most this many candidates (best first) enter NMS per image
+GREEDY_BLOCK = 512  # candidates resolved together by greedy_nms (a BLOCK x BLOCK IoU matrix at a time)
+
+
+def _pairwise_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU as torchvision's nms kernel computes it (no epsilon), so both suppress exactly the same pairs."""
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    wh = (torch.min(a[:, None, 2:], b[None, :, 2:]) - torch.max(a[:, None, :2], b[None, :, :2])).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    return inter / (area_a[:, None] + area_b[None, :] - inter)
+
+
+def greedy_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_thres: float) -> torch.Tensor:
+    """Indices of the boxes that greedy NMS keeps, best score first: a box survives unless a kept box with a
+    higher score overlaps it by IoU > iou_thres. Block by block: a block is first cut down by every box kept
+    before it (one IoU matrix), then walked in score order, each survivor striking out the block's boxes it
+    overlaps (one boolean row each)."""
+    order = scores.argsort(descending=True)
+    boxes = boxes[order]
+    kept_parts: List[torch.Tensor] = []
+    kept_boxes = boxes[:0]
+    for start in range(0, boxes.shape[0], GREEDY_BLOCK):
+        block = boxes[start:start + GREEDY_BLOCK]
+        removed = (_pairwise_iou(kept_boxes, block) > iou_thres).any(0).cpu().numpy()
+        overlaps = (_pairwise_iou(block, block) > iou_thres).triu(diagonal=1).cpu().numpy()
+        for i in range(block.shape[0]):
+            if not removed[i]:
+                removed |= overlaps[i]
+        index = torch.from_numpy(np.flatnonzero(~removed)).to(boxes.device)
+        kept_parts.append(index + start)
+        kept_boxes = torch.cat((kept_boxes, block[index]))
+    return order[torch.cat(kept_parts)] if kept_parts else order[:0]
+
+
+def _compiled_nms() -> Optional[Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]]:
+    """torchvision's nms when torchvision is installed and its compiled operators load, else None."""
+    try:
+        import torchvision
+
+        torchvision.ops.nms(torch.zeros((1, 4)), torch.zeros(1), 0.5)
+    except Exception:  # not installed, or a build whose kernels do not match this torch
+        return None
+    return torchvision.ops.nms
+
+
+NMS_KERNEL = _compiled_nms() or greedy_nms
 
 
 def non_max_suppression(prediction: torch.Tensor, conf_thres: float = 0.25, iou_thres: float = 0.45,
@@ -49,7 +100,7 @@ def non_max_suppression(prediction: torch.Tensor, conf_thres: float = 0.25, iou_
         order = x[:, 4].argsort(descending=True)[:MAX_NMS_INPUT]
         x, index = x[order], index[order]
         offset = x[:, 5:6] * (0 if agnostic else MAX_BOX_SIZE)
-        kept = torchvision.ops.nms(x[:, :4] + offset, x[:, 4], iou_thres)[:max_det]
+        kept = NMS_KERNEL(x[:, :4] + offset, x[:, 4], iou_thres)[:max_det]
         out[b], out_idx[b] = x[kept], index[kept]
     return (out, out_idx) if return_indices else out
 
