@@ -25,6 +25,9 @@ def tree_fingerprint(root: Path) -> Dict[str, str]:
             result[os.path.relpath(os.path.join(dirpath, name), root) + "/"] = "dir"
         for name in filenames:
             path = os.path.join(dirpath, name)
+            if not os.path.isfile(path):  # a FIFO or device: its kind, never its (blocking) content
+                result[os.path.relpath(path, root)] = f"special {oct(os.lstat(path).st_mode)}"
+                continue
             with open(path, "rb") as f:
                 result[os.path.relpath(path, root)] = hashlib.sha1(f.read()).hexdigest()
     return result

@@ -1,5 +1,8 @@
 """Images are read in displayed orientation: EXIF rotation applies to pixels and size alike."""
 import io
+import os
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -45,3 +48,32 @@ def test_unreadable_files_raise_image_read_error(tmp_path):
             read_image(tmp_path / name)
     with pytest.raises(ImageReadError):
         read_image(tmp_path / "truncated.jpg")
+
+
+def png_claiming(path, width, height):
+    """A valid 1x1 PNG whose header (IHDR, CRC fixed up) claims width x height."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4:ihdr + 12] = struct.pack(">II", width, height)
+    data[ihdr + 17:ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr:ihdr + 17])))
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_decompression_bomb_header_is_an_unreadable_image(tmp_path):
+    bomb = png_claiming(tmp_path / "bomb.png", 60000, 60000)
+    with pytest.raises(ImageReadError, match="too large"):
+        probe_image(bomb)
+    with pytest.raises(ImageReadError, match="too large"):
+        read_image(bomb)
+    assert probe_image(png_claiming(tmp_path / "fine.png", 640, 480)).width == 640  # the header alone is read
+
+
+def test_a_fifo_is_skipped_not_waited_on(tmp_path):
+    fifo = tmp_path / "image.jpg"
+    os.mkfifo(fifo)  # nothing ever writes to it: opening it for reading would block
+    for read in (probe_image, read_image):
+        with pytest.raises(ImageReadError, match="not a regular file"):
+            read(fifo)

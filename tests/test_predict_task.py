@@ -1,12 +1,14 @@
 """Mining and inference tasks end to end through start.py, read back by YMIR's own code."""
 import hashlib
 import json
+import os
 
 import pytest
 import torch
 
 from models.yolo import DetectionModel
 from tests.helpers import edit_yaml, oracle, run_start, ymir_cmd
+from tests.test_images import png_claiming
 from utils.checkpoint import save_checkpoint
 from ymir.demo import CLASS_NAMES, make_workdir, write_asset
 from ymir.errors import MODEL_ERROR
@@ -32,7 +34,12 @@ def workdir_with_bad_candidates(tmp_path, task, algorithm="entropy", checkpoint=
     zero = "/in/assets/00/" + hashlib.sha1(b"").hexdigest() + ".jpg"
     (in_dir / zero[len("/in/"):]).parent.mkdir(parents=True, exist_ok=True)
     (in_dir / zero[len("/in/"):]).write_bytes(b"")
-    (in_dir / "candidate-index.tsv").write_text("\n".join(good[:3] + [truncated, zero] + good[3:]) + "\n")
+    bomb = write_asset(in_dir, png_claiming(tmp_path / "bomb.png", 60000, 60000).read_bytes(), "png")
+    fifo = "/in/assets/ff/" + "f" * 40 + ".jpg"  # a named pipe nobody writes to: reading it would block
+    (in_dir / fifo[len("/in/"):]).parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(in_dir / fifo[len("/in/"):])
+    bad = [truncated, zero, bomb, fifo]
+    (in_dir / "candidate-index.tsv").write_text("\n".join(good[:3] + bad + good[3:]) + "\n")
     weights = in_dir / "models" / "best" / "best.pt"
     weights.parent.mkdir(parents=True, exist_ok=True)
     if checkpoint == "ours":
@@ -40,7 +47,7 @@ def workdir_with_bad_candidates(tmp_path, task, algorithm="entropy", checkpoint=
         save_checkpoint(weights, eager_model(), list(CLASS_NAMES))
     else:
         oracle("checkpoint", "yolov5n", 3, weights, tmp_path / "io.pt", 0, 128, 5.0)
-    return work, good, [truncated, zero]
+    return work, good, bad
 
 
 def check_outputs(work, good, bad, mining=True, infer=True):
@@ -51,7 +58,7 @@ def check_outputs(work, good, bad, mining=True, infer=True):
         assert sorted(p for p, _ in lines) == sorted(everything)
         scores = {p: float(s) for p, s in lines}
         assert all(scores[b] == -1.0 for b in bad) and all(scores[g] >= 0 for g in good)
-        assert [p for p, _ in lines][-2:] == bad  # lowest, in input order
+        assert [p for p, _ in lines][-len(bad):] == bad  # lowest, in input order
         assert [float(s) for _, s in lines] == sorted((float(s) for _, s in lines), reverse=True)
     if infer:
         detection = json.loads((out / "infer-result.json").read_text())["detection"]
@@ -68,12 +75,12 @@ def test_mining_plus_inference(tmp_path, algorithm):
     result = run_start(work)
     assert result.returncode == 0, result.output[-3000:]
     check_outputs(work, good, bad)
-    assert "2 candidate image(s) could not be read" in result.output
+    assert "4 candidate image(s) could not be read" in result.output
     assert result.monitor_fields[2:4] == ["1.0000", "2"]
     for version in ("2.0.0", "2.3.0"):
         ids = [p.rsplit("/", 1)[1].split(".")[0] for p in good + bad]
         topk = ymir_cmd(version, "topk", work / "out" / "result.tsv", 3)
-        assert topk["ok"] and len(topk["ids"]) == 3 and not set(topk["ids"]) & {ids[-1], ids[-2]}
+        assert topk["ok"] and len(topk["ids"]) == 3 and not set(topk["ids"]) & set(ids[-len(bad):])
         spec = work / "spec.json"
         spec.write_text(json.dumps({"class_names": list(CLASS_NAMES), "asset_ids": ids}))
         read = ymir_cmd(version, "infer", work / "out", spec)

@@ -25,6 +25,10 @@ class ImageInfo:
 
 def probe_image(path: Path) -> ImageInfo:
     """Read size and orientation from the header only, without decoding the pixels."""
+    if not path.exists():
+        raise ImageReadError("image file not found")
+    if not path.is_file():  # a FIFO or device would block the reader forever
+        raise ImageReadError("not a regular file")
     try:
         with Image.open(path) as img:
             width, height = img.size
@@ -34,6 +38,8 @@ def probe_image(path: Path) -> ImageInfo:
                 orientation = 1
     except FileNotFoundError:
         raise ImageReadError("image file not found") from None
+    except Image.DecompressionBombError as exc:  # a header claiming more pixels than any real photo
+        raise ImageReadError(f"image too large to decode safely ({exc})") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise ImageReadError(f"not a readable image ({type(exc).__name__})") from None
     if orientation not in range(1, 9):
