@@ -89,7 +89,7 @@ def build_layers(cfg: dict, in_channels: int, activation: Type[nn.Module]):
             c2 = channels[source]
             make = lambda c=channels[source]: nn.BatchNorm2d(c)  # noqa: E731
         else:
-            raise ValueError(f"layer {i}: unsupported module {kind!r}")
+            raise ArchitectureError(f"layer {i}: unsupported module {kind!r}")
         layer = nn.Sequential(*(make() for _ in range(n))) if n > 1 else make()
         layer.i, layer.f, layer.type = i, source, kind
         layer.np = sum(p.numel() for p in layer.parameters())
@@ -99,6 +99,10 @@ def build_layers(cfg: dict, in_channels: int, activation: Type[nn.Module]):
             channels = []
         channels.append(c2)
     return nn.Sequential(*layers), sorted(saved)
+
+
+class ArchitectureError(ValueError):
+    """An architecture description this code cannot build (an unknown module, a malformed layer list)."""
 
 
 class DetectionModel(nn.Module):
@@ -113,7 +117,12 @@ class DetectionModel(nn.Module):
         if anchors is not None:
             self.yaml["anchors"] = [list(a) for a in anchors]
         self.activation = resolve_activation(activation).__name__
-        self.model, self.save = build_layers(self.yaml, ch, resolve_activation(activation))
+        try:
+            self.model, self.save = build_layers(self.yaml, ch, resolve_activation(activation))
+        except ArchitectureError:
+            raise
+        except (KeyError, IndexError, TypeError, ValueError) as exc:  # a malformed description from a file
+            raise ArchitectureError(f"malformed architecture ({type(exc).__name__}: {exc})") from None
         self.names: Dict[int, str] = {i: str(i) for i in range(self.yaml["nc"])}
         self._init_weights()
         head = self.detect

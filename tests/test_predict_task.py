@@ -144,3 +144,20 @@ def test_class_names_that_do_not_fit_the_model(tmp_path):
     edit_yaml(work / "in" / "config.yaml", class_names=["a", "b"])
     result = run_start(work)
     assert result.monitor_fields[3:5] == ["4", str(MODEL_ERROR)] and "3 classes" in result.last_lines[-1]
+
+
+@pytest.mark.parametrize("task", ["infer", "training"])
+def test_a_checkpoint_naming_an_unknown_layer_is_a_model_error(tmp_path, task):
+    work = make_workdir(tmp_path / "w", task, num_candidates=2, num_train=4, num_val=2)
+    weights = work / "in" / "models" / "best" / "best.pt"
+    weights.parent.mkdir(parents=True)
+    save_checkpoint(weights, DetectionModel("yolov5n", nc=3), list(CLASS_NAMES))
+    raw = torch.load(str(weights), weights_only=True)
+    raw["yaml"]["backbone"][0][2] = "Evil"
+    torch.save(raw, str(weights))
+    key = "pretrained_model_params" if task == "training" else "model_params_path"
+    edit_yaml(work / "in" / "config.yaml", **{key: ["/in/models/best/best.pt"]})
+    result = run_start(work)
+    assert result.returncode != 0 and result.monitor_fields[3:5] == ["4", str(MODEL_ERROR)], result.output[-2000:]
+    assert "unsupported module 'Evil'" in result.last_lines[-1]
+    assert len(result.monitor.splitlines()[0].split("\t")) == 6  # code and a one-line message

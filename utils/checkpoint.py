@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from models.activations import DEFAULT_ACTIVATION
-from models.yolo import DetectionModel
+from models.yolo import ArchitectureError, DetectionModel
 from utils import restricted_pickle
 from utils.restricted_pickle import PickledObject
 
@@ -142,7 +142,10 @@ def _from_ours(raw: dict, path) -> Checkpoint:
 
 def build_model(ckpt: Checkpoint) -> DetectionModel:
     """The checkpoint's architecture with all of its weights (strict)."""
-    model = DetectionModel(ckpt.yaml, nc=ckpt.nc, activation=ckpt.activation)
+    try:
+        model = DetectionModel(ckpt.yaml, nc=ckpt.nc, activation=ckpt.activation)
+    except ArchitectureError as exc:
+        raise CheckpointError(f"the checkpoint's architecture cannot be built: {exc}") from None
     missing, unexpected = model.load_state_dict(ckpt.state_dict, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"weights do not fit the architecture: {len(missing)} missing "

@@ -18,13 +18,13 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
-from utils.checkpoint import build_model
+from utils.checkpoint import CheckpointError, build_model
 from utils.inference import LetterboxedImages, collate, detect, in_original_pixels, make_detector
 from ymir.context import TaskContext
 from ymir.dataset import read_candidates
 from ymir.devices import select_device
 from ymir.distributed import needs_launch, process_group, rank_and_world, wanted_processes
-from ymir.errors import ConfigError
+from ymir.errors import ConfigError, ModelError
 from ymir.launch import run_distributed
 from ymir.mining import UNREADABLE_SCORE
 from ymir.mining.scorers import RandomScorer, make_scorer, rank_scores
@@ -82,7 +82,11 @@ def _predict_shard(ctx: TaskContext, candidates: Sequence[Tuple[str, object]], c
     config = ctx.config
     settings = config.mining or config.infer
     rank, world = rank_and_world()
-    detector = make_detector(build_model(ckpt), device, settings.img_size)
+    try:
+        model = build_model(ckpt)
+    except CheckpointError as exc:
+        raise ModelError(str(exc)) from None
+    detector = make_detector(model, device, settings.img_size)
     histogram = ckpt.meta.get("class_histogram")
     scorer = make_scorer(config.mining, len(candidates), detector, ckpt.nc,
                          np.asarray(histogram, dtype=np.float64) if histogram else None) if config.mining else None

@@ -12,7 +12,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from models.yolo import DetectionModel, architecture
+from models.yolo import ArchitectureError, DetectionModel, architecture
 from utils.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -153,7 +153,10 @@ def build_training_model(cfg: TrainingConfig, models_dir: Path, pretrained: Tupl
                         os.environ.get(WEIGHTS_DIR_ENV, DEFAULT_WEIGHTS_DIR), cfg.model)
     arch = {k: v for k, v in arch.items() if k in ("nc", "depth_multiple", "width_multiple", "anchors", "backbone",
                                                     "head")}
-    model = DetectionModel(arch, nc=nc, activation=cfg.activation)
+    try:
+        model = DetectionModel(arch, nc=nc, activation=cfg.activation)
+    except ArchitectureError as exc:
+        raise ModelError(f"the pretrained model's architecture cannot be built: {exc}") from None
     if ckpt is not None:
         if ckpt.activation.lower() != cfg.activation.lower():
             LOG.warning("weights were trained with %s; the model is built with %s as configured", ckpt.activation,
