@@ -106,23 +106,26 @@ def test_bad_args_options_are_rejected_by_name(tmp_path, options, needle):
 
 
 def test_training_learns_an_easy_dataset(tmp_path):
-    """A real learning check: large high-contrast shapes, from random initialisation, a few minutes of CPU."""
-    work = make_workdir(tmp_path / "w", "training", num_train=192, num_val=16, image_size=(128, 128), seed=3,
-                        config={"epochs": 12, "img_size": 128, "batch_size_per_gpu": 16, "num_workers_per_gpu": 1,
-                                "model": "yolov5n", "args_options": "--hyp warmup_epochs=0 mosaic=0 lr0=0.02"})
+    """Learning, with a margin that holds on every CPU. Training from scratch is chaotic in float rounding (AVX2,
+    AVX-512 and AMX kernels round differently, and the differences grow), so the test is built to end far past
+    the take-off whenever it happens: one class (--single-cls) of large high-contrast shapes at 64 px, 144
+    optimizer steps (36 epochs of 256 images at the nominal batch of 64), validated on 64 images. Best mAP@0.5
+    measured on an AVX-512/AMX Xeon: 0.975 natively, 0.949 with ATEN_CPU_CAPABILITY=avx2, 0.885 with =default
+    (take-off between epochs 12 and 24), box loss 0.124 -> 0.041 in all three."""
+    work = make_workdir(tmp_path / "w", "training", num_train=256, num_val=64, image_size=(64, 64), seed=3,
+                        config={"epochs": 36, "img_size": 64, "batch_size_per_gpu": 64, "num_workers_per_gpu": 1,
+                                "model": "yolov5n",
+                                "args_options": "--single-cls --hyp warmup_epochs=0 mosaic=0 lr0=0.02"})
     result = run_start(work)
     assert result.returncode == 0, result.output[-3000:]
     best = yaml.safe_load((work / "out" / "models" / "result.yaml").read_text())["model_stages"]["best"]
     rows = list(csv.DictReader((work / "out" / "tensorboard" / "results.csv").open()))
     first = float(rows[0]["metrics/mAP_0.5"])
-    # Learning, not a figure: the untrained model scores about 0.003 and takes off after 7-9 epochs; where it
-    # lands at epoch 12 differs by CPU (kernels round differently and training amplifies it): above 0.2 where
-    # this test was written, 0.13 on an AVX-512/AMX Xeon.
-    assert best["mAP"] > 0.06 and best["mAP"] > 10 * first, (first, best["mAP"])
-    assert float(rows[-1]["train/box_loss"]) < 0.7 * float(rows[0]["train/box_loss"])
+    assert best["mAP"] > 0.5 and first < 0.05, (first, best["mAP"])
+    assert float(rows[-1]["train/box_loss"]) < 0.5 * float(rows[0]["train/box_loss"])
     # YOLOv5's linear schedule (lrf 0.01) with its one-epoch lag: epoch e trains at lr0 * lf(max(e - 1, 0))
-    lf = [(1 - x / 12) * 0.99 + 0.01 for x in range(12)]
-    expected_lrs = [0.02 * lf[max(e - 1, 0)] for e in range(12)]
+    lf = [(1 - x / 36) * 0.99 + 0.01 for x in range(36)]
+    expected_lrs = [0.02 * lf[max(e - 1, 0)] for e in range(36)]
     assert [float(r["x/lr0"]) for r in rows] == pytest.approx(expected_lrs, rel=1e-5)
 
 
