@@ -7,6 +7,8 @@
 #                            core tests run there too (tools/test.sh)
 #   .venvs/oracle            the original YOLOv5 v7.0 (PyPI yolov5==7.0.14), a test-only oracle; it shares
 #                            .venv's torch through a .pth file and keeps its own heavy dependency tree apart
+#   podman, runc, mmdebstrap the image test's container engine (when no docker daemon answers) and local base
+#                            image (tests/test_image.py), from Debian's packages
 # Re-running it is cheap: existing environments are kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,10 +16,29 @@ cd "$(dirname "$0")/.."
 TORCH_PINS="torch==2.14.1 torchvision==0.29.1"
 FLOOR_TORCH_PINS="torch==1.10.2 torchvision==0.11.3"  # as in Dockerfile.cu111 (PyPI's build of the same release)
 PYTHON=${PYTHON:-python3}
+say() { echo "bootstrap: $*"; }
+
+# The image test: a container engine (docker where its daemon answers, else podman + runc) and mmdebstrap for its
+# local base image.
+packages=()
+command -v mmdebstrap >/dev/null || packages+=(mmdebstrap)
+if ! { command -v docker >/dev/null && docker info >/dev/null 2>&1; }; then
+  command -v podman >/dev/null || packages+=(podman)
+  command -v runc >/dev/null || packages+=(runc)
+fi
+if [ ${#packages[@]} -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    say "installing ${packages[*]} (Debian packages) for the image test"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null
+  else
+    echo "bootstrap: warning: the image test needs ${packages[*]}; install them as root (it fails without them)" >&2
+  fi
+fi
 
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
+say "installing $TORCH_PINS and the pinned requirements into .venv"
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-compile $TORCH_PINS
 .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-test.txt
 
