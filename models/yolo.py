@@ -179,3 +179,9 @@ class DetectionModel(nn.Module):
     @property
     def max_stride(self) -> int:
         return int(self.stride.max())
+
+    def fit_image_size(self, img_size: int) -> int:
+        """`img_size` rounded up to a multiple of the largest stride (at least 32): the square sizes at which every
+        level's grid divides evenly (64 for P6 models), for training and prediction alike."""
+        stride = max(self.max_stride, 32)
+        return -(-int(img_size) // stride) * stride

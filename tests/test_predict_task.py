@@ -161,3 +161,18 @@ def test_a_checkpoint_naming_an_unknown_layer_is_a_model_error(tmp_path, task):
     assert result.returncode != 0 and result.monitor_fields[3:5] == ["4", str(MODEL_ERROR)], result.output[-2000:]
     assert "unsupported module 'Evil'" in result.last_lines[-1]
     assert len(result.monitor.splitlines()[0].split("\t")) == 6  # code and a one-line message
+
+
+def test_a_p6_model_at_a_size_only_32_divides_is_run_at_the_next_multiple_of_64(tmp_path):
+    """img_size 672 is accepted (a multiple of 32) but a P6 model's 64-stride level needs a multiple of 64."""
+    work = make_workdir(tmp_path / "w", "mining+infer", num_candidates=2,
+                        config={"img_size": 672, "batch_size_per_gpu": 2, "mining_algorithm": "aldd"})
+    weights = work / "in" / "models" / "best" / "best.pt"
+    weights.parent.mkdir(parents=True)
+    torch.manual_seed(0)
+    save_checkpoint(weights, DetectionModel("yolov5n6", nc=3), list(CLASS_NAMES))
+    result = run_start(work)
+    assert result.returncode == 0, result.output[-3000:]
+    assert "img_size 672 is not a multiple of the model's largest stride 64: using 704" in result.output
+    scores = [float(line.split("\t")[1]) for line in (work / "out" / "result.tsv").read_text().splitlines()]
+    assert len(scores) == 2 and min(scores) >= 0

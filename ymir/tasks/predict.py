@@ -29,6 +29,7 @@ from ymir.launch import run_distributed
 from ymir.mining import UNREADABLE_SCORE
 from ymir.mining.scorers import RandomScorer, make_scorer, rank_scores
 from ymir.results import Detection, write_infer_result, write_mining_result
+from ymir.tasks import fitted_image_size
 from ymir.weights import load_checkpoint, resolve_class_names
 
 LOG = logging.getLogger(__name__)
@@ -86,11 +87,12 @@ def _predict_shard(ctx: TaskContext, candidates: Sequence[Tuple[str, object]], c
         model = build_model(ckpt)
     except CheckpointError as exc:
         raise ModelError(str(exc)) from None
-    detector = make_detector(model, device, settings.img_size)
+    img_size = fitted_image_size(model, settings.img_size)
+    detector = make_detector(model, device, img_size)
     histogram = ckpt.meta.get("class_histogram")
     scorer = make_scorer(config.mining, len(candidates), detector, ckpt.nc,
                          np.asarray(histogram, dtype=np.float64) if histogram else None) if config.mining else None
-    dataset = LetterboxedImages([path for _, path in candidates], settings.img_size)
+    dataset = LetterboxedImages([path for _, path in candidates], img_size)
     shard = Subset(dataset, range(rank, len(candidates), world)) if world > 1 else dataset
     workers = min(settings.num_workers_per_gpu, os.cpu_count() or 1)
     loader = DataLoader(shard, batch_size=settings.batch_size_per_gpu, shuffle=False, num_workers=workers,

@@ -34,6 +34,7 @@ from ymir.distributed import needs_launch, process_group, rank_and_world, wanted
 from ymir.errors import ConfigError, ModelError, NanLossError
 from ymir.launch import run_distributed
 from ymir.results import ModelStageWriter
+from ymir.tasks import fitted_image_size
 from ymir.train_options import TrainOptions, parse_args_options
 from ymir.training_report import TrainingReport
 from ymir.weights import load_checkpoint
@@ -70,7 +71,7 @@ def _train(ctx: TaskContext, options, device) -> None:
     val_samples, _ = read_split(env.val_index_file, names, fmt, ctx.mapper, "val")
     seed_everything(options.seed)  # the random initialisation too: a run is reproducible from its seed
     model, origin = build_training_model(cfg, env.models_dir, platform.pretrained_model_params, len(names))
-    img_size = _fit_to_stride(cfg.img_size, model.max_stride)
+    img_size = fitted_image_size(model, cfg.img_size)
     LOG.info("training %s (%s) on %d images, validating on %d, %d classes, %d epochs at %d px, batch %d x %d, %s",
              cfg.model, origin, len(train_samples), len(val_samples), len(names), cfg.epochs, img_size,
              cfg.batch_size_per_gpu, world, device)
@@ -110,14 +111,6 @@ def weights_checksum(model) -> str:
         digest.update(key.encode())
         digest.update(value.detach().float().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
-
-
-def _fit_to_stride(img_size: int, stride: int) -> int:
-    fitted = -(-img_size // stride) * stride
-    if fitted != img_size:
-        LOG.warning("img_size %d is not a multiple of the model's largest stride %d: using %d", img_size, stride,
-                    fitted)
-    return fitted
 
 
 def bundled_weights(model_name: str) -> Optional[Path]:
