@@ -151,3 +151,34 @@ def test_env_asking_for_nothing_is_a_config_error(tmp_path):
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match="no task"):
         load(work)
+
+
+@pytest.mark.parametrize("values,expected", [
+    ({"activate": "ReLU"}, "ReLU"),  # the name in the reference executor's documentation
+    ({"activate": "relu", "activation": "ReLU"}, "ReLU"),  # both, the same setting
+    ({"activation": "LeakyReLU"}, "LeakyReLU"),
+])
+def test_activate_is_another_name_for_activation(tmp_path, caplog, values, expected):
+    work = make_workdir(tmp_path, "training", num_train=2, num_val=1)
+    set_config(work, **values)
+    _, config = load(work)
+    assert config.training.activation == expected and "activate" not in config.unknown
+    assert "not used by this task" not in caplog.text
+
+
+def test_activate_and_activation_that_differ_are_a_config_error(tmp_path):
+    work = make_workdir(tmp_path, "training", num_train=2, num_val=1)
+    set_config(work, activate="ReLU", activation="SiLU")
+    with pytest.raises(ConfigError, match="'activate' and 'activation' name the same setting but differ"):
+        load(work)
+
+
+def test_saved_file_patterns_never_drop_a_stage_s_weights(tmp_path):
+    from ymir.tasks.train import StageSaver
+    from ymir.train_options import TrainOptions
+
+    for patterns, expected in (("(a+)+$", ["best.pt"]), ("onnx$", ["best.pt", "best.onnx"]),
+                               ("", ["best.pt", "best.onnx"])):
+        saver = StageSaver(tmp_path, TrainingConfig(model="yolov5n", ymir_saved_file_patterns=patterns).validate(),
+                           ["a"], 64, TrainOptions(), [1])
+        assert saver._keep(["best.pt", "best.onnx"]) == expected, patterns

@@ -16,7 +16,7 @@ from typing import Dict, Optional, Tuple
 
 from ymir import coerce
 from ymir.env import EnvConfig, read_yaml_mapping
-from ymir.errors import ConfigError
+from ymir.errors import ConfigError, one_line
 from ymir.paths import PathMapper
 
 LOG = logging.getLogger(__name__)
@@ -240,9 +240,28 @@ def build_platform(raw: dict, mapper: PathMapper, need_class_names: bool) -> Pla
     )
 
 
+# Other names users give a key: the reference executor's documentation calls the activation `activate`.
+KEY_ALIASES = {"activate": "activation"}
+
+
+def resolve_aliases(raw: dict) -> dict:
+    """config.yaml with each alias under its key's name; an alias and its key set to different values is an
+    error."""
+    raw = dict(raw)
+    for alias, key in KEY_ALIASES.items():
+        if alias not in raw:
+            continue
+        value = raw.pop(alias)
+        if key in raw and str(raw[key]).strip().lower() != str(value).strip().lower():
+            raise ConfigError(f"config keys {alias!r} and {key!r} name the same setting but differ: "
+                              f"{one_line(repr(value), 80)} vs {one_line(repr(raw[key]), 80)}; set one of them")
+        raw[key] = value
+    return raw
+
+
 def load_config(env: EnvConfig, mapper: PathMapper) -> ExecutorConfig:
     """Read config.yaml, overlay it on the task's template, validate and type everything."""
-    raw = read_yaml_mapping(env.config_file, "config.yaml")
+    raw = resolve_aliases(read_yaml_mapping(env.config_file, "config.yaml"))
     platform = build_platform(raw, mapper, need_class_names=env.run_training)
     known = set(PLATFORM_ONLY_KEYS) | {"task_id", "class_names", "gpu_id", "pretrained_model_params",
                                        "model_params_path", "export_format"}

@@ -188,7 +188,9 @@ class StageSaver:
         self.last_onnx = time.monotonic()
 
     def _keep(self, files: List[str]) -> List[str]:
-        return [f for f in files if not self.patterns or any(p.search(f) for p in self.patterns)]
+        """The files a stage lists: the weights always (YMIR deletes /out after packing: an unlisted model is
+        lost), the others where ymir_saved_file_patterns is empty or one of its patterns matches."""
+        return [f for f in files if f.endswith(".pt") or not self.patterns or any(p.search(f) for p in self.patterns)]
 
     @staticmethod
     def metrics(m: DetectionMetrics) -> dict:
