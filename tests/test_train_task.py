@@ -97,12 +97,18 @@ def test_unusable_pretrained_model_is_a_model_error(tmp_path):
     ("--evolve 300", "--evolve"),
     ("--optimizer Lion", "--optimizer"),
     ("--hyp lr0=fast", "lr0"),
+    ("--seed 99999999999999999999", "--seed 99999999999999999999 must be in [0, 2^32)"),
+    ("--hyp scale=5 fliplr=0.5", "--hyp scale=5 is outside [0, 1)"),
+    ("--hyp degrees=1e308", "--hyp degrees=1e+308 is outside [0, 180]"),
+    ("--hyp lr0=nan", "--hyp lr0=nan is outside (0, 10]"),
+    ("--freeze 1000", "--freeze 1000 would freeze every layer of yolov5n (25 layers"),
 ])
 def test_bad_args_options_are_rejected_by_name(tmp_path, options, needle):
     work = training_workdir(tmp_path, args_options=options)
     result = run_start(work)
-    assert result.monitor_fields[3:5] == ["4", str(CONFIG_ERROR)]
+    assert result.returncode != 0 and result.monitor_fields[3:5] == ["4", str(CONFIG_ERROR)]
     assert needle in result.last_lines[-1] and "args_options" in result.last_lines[-1]
+    assert "epoch" not in result.output.lower()  # refused before any work
 
 
 def test_training_learns_an_easy_dataset(tmp_path):

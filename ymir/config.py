@@ -143,9 +143,16 @@ class TrainingConfig:
             shlex.split(self.args_options)
         except ValueError as exc:
             raise ConfigError(f"config key 'args_options' = {self.args_options!r} cannot be split: {exc}") from None
+        from models.yolo import architecture
         from ymir.train_options import parse_args_options
 
-        parse_args_options(self.args_options)
+        options = parse_args_options(self.args_options)
+        arch = architecture(model)
+        layers = len(arch["backbone"]) + len(arch["head"])
+        if options.freeze >= layers:
+            raise ConfigError(f"config key 'args_options' = {self.args_options!r}: --freeze {options.freeze} would "
+                              f"freeze every layer of {model} ({layers} layers, the last the detection head); "
+                              f"allowed: 0 to {layers - 1}")
         from models.activations import activation_names, resolve_activation
 
         try:

@@ -6,7 +6,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Dict, Optional
 
-from utils.hyperparameters import SCRATCH_LOW
+from utils.hyperparameters import SCRATCH_LOW, describe_range, in_range
 from ymir.errors import ConfigError
 
 # Flags YOLOv5 has that cannot apply here, and why.
@@ -95,7 +95,12 @@ def parse_args_options(text: str) -> TrainOptions:
     if args.image_weights and args.rect:
         raise ConfigError(f"config key 'args_options' = {text!r}: --image-weights draws shuffled batches, --rect "
                           "needs ordered ones; use one of them")
+    if not 0 <= args.seed < 2 ** 32:
+        raise ConfigError(f"config key 'args_options': --seed {args.seed} must be in [0, 2^32)")
     hyp = dict(SCRATCH_LOW, **dict(args.hyp))
+    for key, value in hyp.items():
+        if not in_range(key, value):
+            raise ConfigError(f"config key 'args_options': --hyp {key}={value:g} is outside {describe_range(key)}")
     for unsupported in ("mixup", "copy_paste"):
         if hyp[unsupported]:
             raise ConfigError(f"config key 'args_options': --hyp {unsupported}={hyp[unsupported]} is not supported "
