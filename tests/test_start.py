@@ -130,3 +130,26 @@ def test_template_yaml_files_are_flat_mappings():
     for name in ("training", "mining", "infer"):
         data = yaml.safe_load(Path(f"{name}-template.yaml").read_text())
         assert isinstance(data, dict) and all(not isinstance(v, (dict, list)) for v in data.values())
+
+
+def alias_chain(levels: int, fan_out: int = 10) -> str:
+    """YAML lines defining a0..a{levels-1}: each a list of fan_out aliases of the one before (fan_out^levels values
+    once expanded, in a few hundred bytes)."""
+    lines = [f"a0: &a0 [{', '.join(['x'] * fan_out)}]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * fan_out)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("target", ["args_options", "my_unknown_key", "env"])
+def test_yaml_alias_bombs_are_refused_cheaply(tmp_path, target):
+    work = make_workdir(tmp_path / "w", "training", num_train=2, num_val=1)
+    name = "env.yaml" if target == "env" else "config.yaml"
+    path = work / "in" / name
+    data = yaml.safe_load(path.read_text())
+    data.pop("args_options", None)
+    bomb = alias_chain(9) + f"{'args_options' if target == 'args_options' else 'bomb'}: *a8\n"
+    path.write_text(bomb + yaml.safe_dump(data))
+    assert len(path.read_bytes()) < 2000 + len(yaml.safe_dump(data))
+    result = run_start(work, timeout=120)
+    assert_failed(result, CONFIG_ERROR, name, "more than 100,000 values")
+    assert len((work / "out" / "monitor.txt").read_bytes()) < 20_000

@@ -288,5 +288,6 @@ def load_config(env: EnvConfig, mapper: PathMapper) -> ExecutorConfig:
             known |= section_keys(InferConfig)
     unknown = {key: value for key, value in raw.items() if key not in known}
     for key, value in unknown.items():
-        LOG.info("config key %r = %r is not used by this task; kept and ignored", key, value)
+        LOG.info("config key %s = %s is not used by this task; kept and ignored", one_line(repr(key), 100),
+                 one_line(repr(value), 200))
     return ExecutorConfig(platform=platform, unknown=unknown, **sections)

@@ -58,6 +58,26 @@ class EnvConfig:
     output: OutputPaths
 
 
+MAX_YAML_VALUES = 100_000  # far above any real env.yaml or config.yaml (the longest part: class_names)
+
+
+def count_values(data, limit: int) -> int:
+    """How many values `data` holds once YAML aliases are expanded, counting no further than limit + 1.
+
+    safe_load shares an aliased node instead of copying it, so a few hundred bytes of nested aliases make a
+    structure whose expansion (by repr, a log line, a copy) takes gigabytes; counting stops early instead."""
+    count, stack = 0, [data]
+    while stack and count <= limit:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple, set)):
+            stack.extend(item)
+    return count
+
+
 def read_yaml_mapping(path: Path, what: str) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
@@ -68,6 +88,8 @@ def read_yaml_mapping(path: Path, what: str) -> dict:
         raise ConfigError(f"{what} {path} cannot be read as YAML: {exc}") from None
     if data is None:
         data = {}
+    if count_values(data, MAX_YAML_VALUES) > MAX_YAML_VALUES:
+        raise ConfigError(f"{what} {path} expands to more than {MAX_YAML_VALUES:,} values (nested YAML aliases?)")
     if not isinstance(data, dict):
         raise ConfigError(f"{what} {path} must be a YAML mapping, got {type(data).__name__}")
     return data

@@ -16,6 +16,7 @@ from ymir.errors import one_line
 STATE_RUNNING = 2
 STATE_ERROR = 4
 MAX_TRACE_LINES = 99
+MAX_TRACE_LINE_LENGTH = 1000
 
 
 class Monitor:
@@ -51,7 +52,7 @@ class Monitor:
         if not self.enabled:
             return
         lines = [f"{self.task_id}\t{self._stamp()}\t1.0000\t{STATE_ERROR}\t{int(code)}\t{one_line(message)}"]
-        lines += [line.rstrip("\n") for line in trace][-MAX_TRACE_LINES:]
+        lines += [line.rstrip("\n")[:MAX_TRACE_LINE_LENGTH] for line in trace][-MAX_TRACE_LINES:]
         write_text_atomic(self.path, "\n".join(lines) + "\n")
 
 
