@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import yaml
 
 from tests.helpers import START, make_read_only
@@ -102,3 +103,38 @@ def test_two_process_sharded_mining_and_inference_equal_one_process(tmp_path):
                                                         "result.tsv", "tensorboard"]
         assert len(outputs[processes][0].splitlines()) == len(good) + len(bad)
     assert outputs["1"] == outputs["2"]
+
+
+def wait_for_training(work, proc, deadline_s=600):
+    """Rank 1's pid once training is under way (start-up is slow on a loaded machine: wait as long as it takes)."""
+    deadline = time.time() + deadline_s
+    while time.time() < deadline and proc.poll() is None:
+        monitor = (work / "out" / "monitor.txt").read_text().split("\t")
+        if len(monitor) > 2 and float(monitor[2]) > 0.05:
+            victim = rank_pid(proc.pid, 1)
+            if victim is not None:
+                return victim
+        time.sleep(0.5)
+    raise AssertionError("training never got under way")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_stopping_the_main_process_ends_every_rank(tmp_path, sig):
+    """SIGTERM (YMIR's cancel is docker's SIGKILL of the whole container, but a supervisor may send SIGTERM) or
+    SIGKILL to the executor: torchrun and the ranks are gone within 10 s, and monitor.txt stays in state 4."""
+    work = ddp_workdir(tmp_path, epochs=200)
+    proc = start(work)
+    wait_for_training(work, proc)
+    family = descendants(proc.pid)
+    assert len(family) >= 3  # torchrun and two ranks at least
+    os.kill(proc.pid, sig)
+    output, _ = proc.communicate(timeout=60)
+    time.sleep(10)
+    alive = [pid for pid in family if _running(pid)]
+    assert not alive, f"still running 10 s after the executor was stopped: {alive}"
+    fields = (work / "out" / "monitor.txt").read_text().splitlines()[0].split("\t")
+    if sig == signal.SIGTERM:  # the executor itself reports; a SIGKILLed one cannot, rank 0 may or may not
+        assert proc.returncode != 0 and fields[2:4] == ["1.0000", "4"], (fields, output[-2000:])
+        assert "stopped by signal" in output.strip().splitlines()[-1]
+    time.sleep(3)
+    assert (work / "out" / "monitor.txt").read_text().splitlines()[0].split("\t")[2:4] == fields[2:4]

@@ -16,7 +16,7 @@ from ymir.env import load_env
 from ymir.errors import classify
 from ymir.monitor import Monitor
 from ymir.paths import PathMapper
-from ymir.processes import terminate_descendants
+from ymir.processes import SUPERVISOR_ENV, stop_when_orphaned, terminate_descendants
 
 LOG = logging.getLogger("ymir-yolov5")
 
@@ -58,6 +58,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     setup_logging()
     keep_freed_memory()  # CPU tensors reuse freed memory instead of page-faulting fresh memory in every batch
     signal.signal(signal.SIGTERM, _raise_system_exit)
+    if os.environ.get(SUPERVISOR_ENV):  # a rank under torchrun
+        stop_when_orphaned()
     mapper = PathMapper(args.in_dir, args.out_dir)
     # under torchrun only rank 0 reports progress
     monitor = Monitor(mapper.monitor_file, task_id="unknown-task", enabled=int(os.environ.get("RANK", 0)) == 0)

@@ -3,7 +3,9 @@
 Training uses DDP; mining and inference shard the candidates and gather the results on rank 0.
 
 torchrun stops every rank as soon as one fails; this process then reports rank 0's error (the code it wrote
-to monitor.txt) or the failure of the group, and no rank outlives the task.
+to monitor.txt) or the failure of the group. No rank outlives the task: stopping this process ends torchrun and
+every rank (listed while they are still its descendants: torchrun starts each rank in a session of its own), and
+each rank stops itself when torchrun or this process is gone (ymir.processes.stop_when_orphaned).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from pathlib import Path
 from ymir.context import TaskContext
 from ymir.errors import UNKNOWN_ERROR, ExecutorError
 from ymir.monitor import STATE_ERROR
+from ymir.processes import SUPERVISOR_ENV, terminate_tree
 
 LOG = logging.getLogger(__name__)
 START = Path(__file__).resolve().parent.parent / "start.py"
@@ -40,9 +43,15 @@ def run_distributed(ctx: TaskContext, processes: int = 0) -> None:
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}", "--nnodes=1",
                "--master_addr=127.0.0.1", f"--master_port={free_port()}", "--max_restarts=0",
                str(START), "--in", str(ctx.mapper.in_root), "--out", str(ctx.mapper.out_root)]
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), PYTHONUNBUFFERED="1",
+               **{SUPERVISOR_ENV: str(os.getpid())})
     LOG.info("starting %d processes: %s", processes, " ".join(command))
-    code = subprocess.call(command, env=env)
+    launcher = subprocess.Popen(command, env=env)
+    try:
+        code = launcher.wait()
+    except BaseException:  # stopped (SIGTERM becomes SystemExit) while the ranks run: end torchrun and every rank
+        terminate_tree(launcher.pid)
+        raise
     if code != 0:
         raise _rank_error(ctx.env.output.monitor_file, code)
     ctx.monitor.percent = max(ctx.monitor.percent, 0.99)  # rank 0 reported progress; the supervisor finishes

@@ -1,11 +1,15 @@
-"""Ending every child process the executor started (DataLoader workers, torchrun ranks)."""
+"""Ending every child process the executor started (DataLoader workers, torchrun ranks), and ranks that end
+themselves when the process that started them is gone."""
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
+import threading
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
+
+SUPERVISOR_ENV = "YMIR_SUPERVISOR_PID"  # set for torchrun's ranks: the executor process that launched them
 
 
 def _parents() -> Dict[int, int]:
@@ -39,16 +43,52 @@ def descendants(pid: int) -> List[int]:
     return found
 
 
-def terminate_descendants(grace: float = 5.0) -> None:
-    """SIGTERM every descendant of this process, then SIGKILL whatever is left after `grace` seconds."""
-    pids = descendants(os.getpid())
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def terminate(pids: List[int], grace: float = 5.0) -> None:
+    """SIGTERM `pids`, then SIGKILL whichever is still alive after `grace` seconds. The list is taken before any
+    of them dies, so a process whose parent dies first (and is re-parented to init) is still ended."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in pids:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, sig)
         deadline = time.monotonic() + (grace if sig == signal.SIGTERM else 1.0)
         while time.monotonic() < deadline:
-            pids = descendants(os.getpid())
+            pids = [pid for pid in pids if _alive(pid)]
             if not pids:
                 return
             time.sleep(0.05)
+
+
+def terminate_tree(root: int, grace: float = 5.0) -> None:
+    """End `root` and all of its descendants (listed while they are still linked to it)."""
+    terminate([root, *descendants(root)], grace)
+
+
+def terminate_descendants(grace: float = 5.0) -> None:
+    """SIGTERM every descendant of this process, then SIGKILL whatever is left after `grace` seconds."""
+    terminate(descendants(os.getpid()), grace)
+
+
+def stop_when_orphaned(interval: float = 1.0, supervisor: Optional[int] = None) -> threading.Thread:
+    """In a rank: SIGTERM this process (the task then fails as if stopped) once its parent (torchrun) or the
+    supervising executor process is gone, so that no rank outlives the task that started it."""
+    parent = os.getppid()
+    supervisor = supervisor or int(os.environ.get(SUPERVISOR_ENV, "0") or 0)
+
+    def watch():
+        while os.getppid() == parent and (not supervisor or _alive(supervisor)):
+            time.sleep(interval)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10 * interval)  # the main thread may be blocked in a collective with a dead peer
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    thread = threading.Thread(target=watch, name="stop-when-orphaned", daemon=True)
+    thread.start()
+    return thread
