@@ -153,3 +153,54 @@ def test_yaml_alias_bombs_are_refused_cheaply(tmp_path, target):
     result = run_start(work, timeout=120)
     assert_failed(result, CONFIG_ERROR, name, "more than 100,000 values")
     assert len((work / "out" / "monitor.txt").read_bytes()) < 20_000
+
+
+@pytest.fixture
+def small_out(tmp_path):
+    """A 2 MB filesystem for /out (tmpfs, mounted as root: YMIR's own machines and CI run as root)."""
+    work = make_workdir(tmp_path / "w", "training", num_train=4, num_val=2, config={"epochs": 1, "img_size": 64})
+    out = work / "out"
+    monitor = (out / "monitor.txt").read_text()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(out)], capture_output=True,
+                             text=True)
+    assert mounted.returncode == 0, f"this test mounts a small tmpfs as root: {mounted.stderr}"
+    (out / "monitor.txt").write_text(monitor)
+    (out / "models").mkdir()
+    (out / "tensorboard").mkdir()
+    yield work
+    subprocess.run(["umount", str(out)], check=True)
+
+
+def test_a_full_out_ends_in_state_4_saying_so_and_leaves_no_partial_file(small_out):
+    result = run_start(small_out)
+    assert_failed(result, 0, "no space left on")
+    out = small_out / "out"
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")], sorted(map(str, out.rglob("*")))
+
+
+def test_the_monitor_is_rewritten_in_place_when_no_new_file_fits(tmp_path, monkeypatch):
+    import ymir.monitor
+
+    def disk_full(path, text):
+        raise OSError(28, "No space left on device")
+
+    monitor = ymir.monitor.Monitor(tmp_path / "monitor.txt", "t1", min_interval=0)
+    monitor.progress(0.5)
+    monkeypatch.setattr(ymir.monitor, "write_text_atomic", disk_full)
+    monitor.error(300002, "the train split has no usable image", ["Traceback (most recent call last):", "x"])
+    assert (tmp_path / "monitor.txt").read_text().split("\t")[2:] == ["1.0000", "4", "300002",
+                                                                       "the train split has no usable image\n"]
+
+
+def test_a_failing_tensorboard_writer_does_not_stop_training(tmp_path, caplog):
+    from utils.metrics import DetectionMetrics
+    from utils.trainer import EpochReport
+    from ymir.training_report import TrainingReport
+
+    report = TrainingReport(tmp_path, ["a"])
+    report.writer.add_scalar = lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space left on device"))
+    epoch = EpochReport(0, [0.1] * 3, [0.01] * 3, DetectionMetrics(0.5, 0.5, 0.4, 0.2, 1, 1, 1), False, 1.0)
+    report.epoch(epoch)
+    report.epoch(epoch)  # after a failure the report stays quiet
+    assert caplog.text.count("no longer written") == 1
+    report.close()

@@ -177,5 +177,9 @@ def save_checkpoint(path: Union[str, Path], model: DetectionModel, names: List[s
         "epoch": epoch, "meta": dict(meta or {}), "date": datetime.datetime.now().isoformat(timespec="seconds"),
     }
     tmp = Path(str(path) + ".tmp")
-    torch.save(payload, str(tmp))
-    tmp.replace(path)
+    try:
+        torch.save(payload, str(tmp))
+        tmp.replace(path)
+    except BaseException:  # a full disk, a signal: no partial file left behind
+        tmp.unlink(missing_ok=True)
+        raise

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import shutil
 import signal
 import sys
 import traceback
+from pathlib import Path
 from typing import List, Optional
 
 from utils.malloc import keep_freed_memory
@@ -77,8 +80,23 @@ def main(argv: Optional[List[str]] = None) -> int:
         terminate_descendants()
 
 
+def out_of_space(exc: BaseException, folder: Path) -> bool:
+    """The failure came from a full disk: ENOSPC, or torch's serializer's words for it, on a folder with little
+    room left."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    try:
+        nearly_full = shutil.disk_usage(folder).free < 64 * 2 ** 20
+    except OSError:
+        return False
+    return nearly_full and any(words in str(exc) for words in ("unexpected pos", "file write failed",
+                                                               "No space left"))
+
+
 def fail(monitor: Monitor, exc: BaseException) -> int:
     code, message = classify(exc)
+    if out_of_space(exc, monitor.path.parent):
+        message = f"no space left on {monitor.path.parent}: {message}"
     if isinstance(exc, KeyboardInterrupt):
         message = "interrupted"
     elif isinstance(exc, SystemExit):

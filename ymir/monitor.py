@@ -43,7 +43,7 @@ class Monitor:
         if not self.enabled or (not force and now - self._last_write < self.min_interval):
             return
         self._last_write = now
-        write_text_atomic(self.path, f"{self.task_id}\t{self._stamp()}\t{self.percent:.4f}\t{STATE_RUNNING}\n")
+        self._write(f"{self.task_id}\t{self._stamp()}\t{self.percent:.4f}\t{STATE_RUNNING}\n")
 
     def span(self, start: float, end: float) -> ProgressSpan:
         return ProgressSpan(self, start, end)
@@ -53,7 +53,17 @@ class Monitor:
             return
         lines = [f"{self.task_id}\t{self._stamp()}\t1.0000\t{STATE_ERROR}\t{int(code)}\t{one_line(message)}"]
         lines += [line.rstrip("\n")[:MAX_TRACE_LINE_LENGTH] for line in trace][-MAX_TRACE_LINES:]
-        write_text_atomic(self.path, "\n".join(lines) + "\n")
+        self._write("\n".join(lines) + "\n")
+
+    def _write(self, text: str) -> None:
+        """Atomically; where that is impossible (a full disk has no room for the new file), the state line alone
+        rewritten in place, in the room the file already holds."""
+        try:
+            write_text_atomic(self.path, text)
+        except OSError:
+            with open(self.path, "r+" if self.path.exists() else "w", encoding="utf-8") as f:
+                f.write(text.split("\n", 1)[0] + "\n")
+                f.truncate()
 
 
 class ProgressSpan:

@@ -26,11 +26,24 @@ class TrainingReport:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.names = list(names)
         self.writer = SummaryWriter(str(self.folder))
+        self.failed = False
         self.csv_path = self.folder / "results.csv"
         with open(self.csv_path, "w", newline="") as f:
             csv.writer(f).writerow(CSV_COLUMNS)
 
     def epoch(self, r: EpochReport) -> None:
+        """Write the epoch's row and pictures. A failure here (a full disk, a broken event file) is logged and
+        ends the report, never the training."""
+        if self.failed:
+            return
+        try:
+            self._write_epoch(r)
+        except Exception as exc:
+            self.failed = True
+            LOG.warning("TensorBoard and results.csv are no longer written (%s: %s); training goes on",
+                        type(exc).__name__, exc)
+
+    def _write_epoch(self, r: EpochReport) -> None:
         m = r.metrics
         row = [r.epoch + 1, *r.losses, m.precision, m.recall, m.map50, m.map50_95, *r.lrs[:3], round(r.seconds, 2)]
         with open(self.csv_path, "a", newline="") as f:
@@ -67,4 +80,7 @@ class TrainingReport:
         return mosaic_of(pictures)
 
     def close(self) -> None:
-        self.writer.close()
+        try:
+            self.writer.close()
+        except Exception as exc:
+            LOG.warning("TensorBoard writer could not be closed (%s: %s)", type(exc).__name__, exc)
