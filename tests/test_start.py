@@ -204,3 +204,32 @@ def test_a_failing_tensorboard_writer_does_not_stop_training(tmp_path, caplog):
     report.epoch(epoch)  # after a failure the report stays quiet
     assert caplog.text.count("no longer written") == 1
     report.close()
+
+
+def test_training_and_mining_in_one_env_trains_and_says_so(tmp_path):
+    work = make_workdir(tmp_path / "w", "training", num_train=4, num_val=2,
+                        config={"epochs": 1, "img_size": 64, "args_options": "--hyp warmup_epochs=0"})
+    edit_yaml(work / "in" / "env.yaml", run_mining=True)
+    result = run_start(work)
+    assert result.returncode == 0, result.output[-2000:]
+    assert "asks for training and for mining: a YMIR task does one or the other, so this run only trains" in \
+        result.output
+    # 4 images in batches of 8, one epoch, warmup off: no optimizer step at all, which the log says
+    assert "the weights will not change" in result.output
+    assert not (work / "out" / "result.tsv").exists()
+
+
+def test_mining_where_no_candidate_can_be_read_is_a_dataset_error(tmp_path):
+    work = make_workdir(tmp_path / "w", "mining", num_candidates=3)
+    for line in (work / "in" / "candidate-index.tsv").read_text().split():
+        (work / "in" / line[len("/in/"):]).write_bytes(b"")
+    weights = work / "in" / "models" / "best" / "best.pt"
+    weights.parent.mkdir(parents=True)
+    from models.yolo import DetectionModel
+    from utils.checkpoint import save_checkpoint
+    from ymir.demo import CLASS_NAMES
+
+    save_checkpoint(weights, DetectionModel("yolov5n", nc=3), list(CLASS_NAMES))
+    result = run_start(work)
+    assert_failed(result, DATASET_ERROR, "none of the 3 candidate images could be read")
+    assert not (work / "out" / "result.tsv").exists()

@@ -143,6 +143,11 @@ def train(model: DetectionModel, train_samples: Sequence, val_samples: Sequence,
     nb = len(train_loader)
     # at least 100 warmup batches, as YOLOv5; warmup_epochs=0 turns warmup off
     warmup_steps = max(round(hyp["warmup_epochs"] * nb), MIN_WARMUP_STEPS) if hyp["warmup_epochs"] > 0 else -1
+    if warmup_steps < 0 and nb * s.epochs < accumulate:
+        LOG.warning("gradients accumulate over %d batches (nominal batch %d) before each optimizer step, and this "
+                    "run has %d batches in all: the weights will not change. Train more epochs, raise "
+                    "batch_size_per_gpu, or keep warmup on (it steps every batch at first)", accumulate,
+                    NOMINAL_BATCH, nb * s.epochs)
     val_batches = len(val_loader) if val_loader is not None else 0
     work_per_epoch = nb + val_batches
     last_step, best = -1, None

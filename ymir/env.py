@@ -1,6 +1,7 @@
 """`/in/env.yaml`: which task to run and where the platform put the inputs."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -10,6 +11,8 @@ import yaml
 from ymir.coerce import to_bool
 from ymir.errors import ConfigError
 from ymir.paths import PathMapper
+
+LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -123,4 +126,9 @@ def load_env(mapper: PathMapper) -> EnvConfig:
     )
     if not (env.run_training or env.run_mining or env.run_infer):
         raise ConfigError("env.yaml asks for no task: run_training, run_mining and run_infer are all false")
+    if env.run_training and (env.run_mining or env.run_infer):
+        LOG.warning("env.yaml asks for training and for %s: a YMIR task does one or the other, so this run only "
+                    "trains (mine or infer with the trained model in a task of its own)",
+                    " and ".join(name for name, on in (("mining", env.run_mining), ("inference", env.run_infer))
+                                 if on))
     return env

@@ -24,7 +24,7 @@ from ymir.context import TaskContext
 from ymir.dataset import read_candidates
 from ymir.devices import select_device
 from ymir.distributed import needs_launch, process_group, rank_and_world, wanted_processes
-from ymir.errors import ConfigError, ModelError
+from ymir.errors import ConfigError, DatasetError, ModelError
 from ymir.launch import run_distributed
 from ymir.mining import UNREADABLE_SCORE
 from ymir.mining.scorers import RandomScorer, make_scorer, rank_scores
@@ -123,6 +123,9 @@ def _predict_shard(ctx: TaskContext, candidates: Sequence[Tuple[str, object]], c
 def _write_results(ctx: TaskContext, candidates, results: List[ImageResult], class_names: List[str]) -> None:
     env, config = ctx.env, ctx.config
     unreadable = [(candidates[r.index][0], r.error) for r in results if r.error is not None]
+    if unreadable and len(unreadable) == len(results):
+        raise DatasetError(f"none of the {len(results)} candidate images could be read (first: {unreadable[0][0]}: "
+                           f"{unreadable[0][1]})")
     if unreadable:
         LOG.warning("%d candidate image(s) could not be read; they get the lowest score and no prediction:\n%s",
                     len(unreadable), "\n".join(f"  {path}: {reason}" for path, reason in unreadable[:50]))
