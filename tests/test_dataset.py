@@ -147,3 +147,15 @@ def test_candidates_keep_the_index_path_and_map_it(tmp_path):
     index.write_text("\n")
     with pytest.raises(DatasetError):
         read_candidates(index, PathMapper(tmp_path / "in", tmp_path / "out"))
+
+
+def test_a_truncated_jpeg_is_kept_and_reported(tmp_path, caplog):
+    whole = tmp_path / "whole.jpg"  # noise: most of the file is the scan, after the header
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 100, 3), dtype=np.uint8)).save(whole, quality=95)
+    data = whole.read_bytes()
+    split = Split(tmp_path).add("cut", "0, 10, 20, 29, 39\n", image_bytes=data[: len(data) * 2 // 3])
+    split.add("whole", "0, 10, 20, 29, 39\n", image_bytes=data)
+    samples, report = split.read()
+    assert sorted(samples) == ["cut", "whole"] and not report.skipped_images  # still usable
+    assert [p.split("/")[-1] for p in report.truncated_jpegs] == ["cut.jpg"]
+    assert "1 truncated JPEG(s) kept" in caplog.text and "cut.jpg" in caplog.text

@@ -1,6 +1,7 @@
 """Reading images in their displayed orientation: the EXIF orientation tag is applied to pixels and size alike."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +50,19 @@ def probe_image(path: Path) -> ImageInfo:
     if orientation >= 5:  # 5..8 swap width and height
         width, height = height, width
     return ImageInfo(width, height, orientation)
+
+
+def jpeg_is_truncated(path: Path) -> bool:
+    """A JPEG without its end-of-image marker (FF D9) as its last bytes: cut off in transfer or storage.
+    Decoders fill the missing part with grey; YOLOv5 warns about such files, and so do we."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(2) != b"\xff\xd8":
+                return False
+            f.seek(-2, os.SEEK_END)
+            return f.read(2) != b"\xff\xd9"
+    except OSError:
+        return False
 
 
 def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:

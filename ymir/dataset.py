@@ -13,7 +13,7 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 
-from utils.images import ImageReadError, probe_image
+from utils.images import ImageReadError, jpeg_is_truncated, probe_image
 from ymir.annotations import AnnotationFileError, parse_ark, parse_voc
 from ymir.errors import DatasetError
 from ymir.paths import PathMapper
@@ -42,6 +42,7 @@ class DatasetReport:
     skipped_images: List[Tuple[str, str]] = field(default_factory=list)
     box_problems: List[Tuple[str, str]] = field(default_factory=list)
     clipped_boxes: int = 0
+    truncated_jpegs: List[str] = field(default_factory=list)  # kept: decoded as far as their data goes
 
     def skip_image(self, image: str, reason: str) -> None:
         self.skipped_images.append((image, reason))
@@ -51,7 +52,7 @@ class DatasetReport:
 
     @property
     def clean(self) -> bool:
-        return not self.skipped_images and not self.box_problems
+        return not self.skipped_images and not self.box_problems and not self.truncated_jpegs
 
     def summary(self, title: str) -> str:
         lines = [f"{title}: {self.images_read} images read, {len(self.skipped_images)} skipped, "
@@ -65,6 +66,9 @@ class DatasetReport:
                 lines.append(f"  {what}: {image}: {reason}")
             if len(items) > SUMMARY_EXAMPLES:
                 lines.append(f"  ... and {len(items) - SUMMARY_EXAMPLES} more")
+        if self.truncated_jpegs:
+            lines.append(f"  {len(self.truncated_jpegs)} truncated JPEG(s) kept (no end marker: the missing part "
+                         f"decodes as grey), e.g. {', '.join(self.truncated_jpegs[:5])}")
         return "\n".join(lines)
 
 
@@ -110,6 +114,8 @@ def read_sample(image: Path, annotation: Path, class_names: Sequence[str], annot
     except ImageReadError as exc:
         report.skip_image(str(image), str(exc))
         return None
+    if jpeg_is_truncated(image):
+        report.truncated_jpegs.append(str(image))
     try:
         if annotation_format == "ark":
             raw_boxes, problems = parse_ark(annotation, len(class_names))
