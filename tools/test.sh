@@ -28,12 +28,12 @@ step() {  # step NAME COMMAND...: run it, record its outcome
   fi
 }
 step "lint (ruff)" .venv/bin/ruff check .
-step "tests on $(.venv/bin/python -c "import sys, torch; print(f'Python {sys.version.split()[0]} + torch {torch.__version__}'")")" \
-  .venv/bin/python -m pytest -q "$@"
-floor_torch=$(.venvs/floor/bin/python -c 'import torch; print(torch.__version__)')
-echo "core tests on Python 3.8 + torch $floor_torch:"
-step "core tests on Python 3.8 + torch $floor_torch" \
-  .venvs/floor/bin/python -m pytest -q -p no:cacheprovider "${FLOOR_TESTS[@]}"
+stack() { "$1" -c 'import sys, torch; print(f"Python {sys.version.split()[0]} + torch {torch.__version__}")'; }
+main_stack=$(stack .venv/bin/python)
+floor_stack=$(stack .venvs/floor/bin/python)
+step "tests on $main_stack" .venv/bin/python -m pytest -q "$@"
+echo "core tests on $floor_stack:"
+step "core tests on $floor_stack" .venvs/floor/bin/python -m pytest -q -p no:cacheprovider "${FLOOR_TESTS[@]}"
 echo "summary:"
 printf '%s\n' "${summary[@]}"
 exit "$failed"
