@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import inspect
+import io
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -177,8 +178,11 @@ def save_checkpoint(path: Union[str, Path], model: DetectionModel, names: List[s
         "epoch": epoch, "meta": dict(meta or {}), "date": datetime.datetime.now().isoformat(timespec="seconds"),
     }
     tmp = Path(str(path) + ".tmp")
+    buffer = io.BytesIO()  # serialised in memory: torch 1.10's file writer aborts the process on a full disk
+    torch.save(payload, buffer)
     try:
-        torch.save(payload, str(tmp))
+        with open(tmp, "wb") as f:
+            f.write(buffer.getbuffer())
         tmp.replace(path)
     except BaseException:  # a full disk, a signal: no partial file left behind
         tmp.unlink(missing_ok=True)
