@@ -97,7 +97,8 @@ def test_split_reads_boxes_in_pixels_and_reports_what_it_skipped(tmp_path, caplo
     skipped = dict((image.split("/")[-1], reason) for image, reason in report.skipped_images)
     assert skipped["zero_bytes.jpg"].startswith("not a readable image")
     assert skipped["not_an_image.jpg"].startswith("not a readable image")
-    assert skipped["no_annotation.jpg"] == "annotation file not found"
+    assert skipped["no_annotation.jpg"].startswith("annotation file not found: ")
+    assert "no_annotation.txt (read as ark text by config export_format" in skipped["no_annotation.jpg"]
     assert skipped["missing.jpg"] == "image file not found"
     assert len(report.skipped_images) == 5
     # one summary, naming images and reasons

@@ -233,3 +233,42 @@ def test_mining_where_no_candidate_can_be_read_is_a_dataset_error(tmp_path):
     result = run_start(work)
     assert_failed(result, DATASET_ERROR, "none of the 3 candidate images could be read")
     assert not (work / "out" / "result.tsv").exists()
+
+
+def test_a_misspelt_key_gets_a_did_you_mean_and_a_known_error_prints_no_traceback(tmp_path):
+    work = make_workdir(tmp_path / "w", "training", num_train=2, num_val=1)
+    edit_yaml(work / "in" / "config.yaml", epoch=3)
+    (work / "in" / "train-index.tsv").write_text("")  # then a dataset error, diagnosed
+    result = run_start(work)
+    assert "WARNING" in result.output and "config key 'epoch' = 3 is not used by this task: did you mean 'epochs'?" \
+        in result.output
+    assert_failed(result, DATASET_ERROR, "train")
+    assert "Traceback" not in result.output and "Traceback" not in result.monitor
+    assert len(result.monitor.splitlines()) == 1  # the state line and its one-line message
+
+
+def test_an_unexpected_error_keeps_its_traceback(tmp_path):
+    work = make_workdir(tmp_path / "w", "training", num_train=2, num_val=1)
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
+        import ymir.app
+        def broken(ctx):
+            raise ZeroDivisionError("a bug")
+        ymir.app.run = broken
+        sys.exit(ymir.app.main(["--in", {str(work / "in")!r}, "--out", {str(work / "out")!r}]))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "Traceback" in proc.stdout and "ZeroDivisionError: a bug" in proc.stdout
+    monitor = (work / "out" / "monitor.txt").read_text()
+    assert monitor.splitlines()[0].split("\t")[3:] == ["4", "0", "ZeroDivisionError: a bug"]
+    assert "Traceback (most recent call last):" in monitor
+
+
+def test_no_task_folder_outside_the_container_writes_nothing(tmp_path):
+    missing = tmp_path / "nothing"
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve().parent.parent / "start.py"), "--in",
+                           str(missing / "in"), "--out", str(missing / "out")], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "give a task folder with --in IN --out OUT" in proc.stdout
+    assert not missing.exists()

@@ -16,7 +16,7 @@ from utils.malloc import keep_freed_memory
 from ymir.config import load_config
 from ymir.context import TaskContext
 from ymir.env import load_env
-from ymir.errors import classify
+from ymir.errors import ExecutorError, classify
 from ymir.monitor import Monitor
 from ymir.paths import PathMapper
 from ymir.processes import SUPERVISOR_ENV, stop_when_orphaned, terminate_descendants
@@ -64,6 +64,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if os.environ.get(SUPERVISOR_ENV):  # a rank under torchrun
         stop_when_orphaned()
     mapper = PathMapper(args.in_dir, args.out_dir)
+    if not mapper.env_file.exists() and not mapper.out_root.is_dir():  # not in YMIR's container: write nothing
+        print(f"ymir-yolov5: no task here ({mapper.env_file} does not exist and {mapper.out_root} is not a folder): "
+              "run it inside the image as YMIR does, or give a task folder with --in IN --out OUT", flush=True)
+        return 2
     # under torchrun only rank 0 reports progress
     monitor = Monitor(mapper.monitor_file, task_id="unknown-task", enabled=int(os.environ.get("RANK", 0)) == 0)
     try:
@@ -102,7 +106,11 @@ def fail(monitor: Monitor, exc: BaseException) -> int:
     elif isinstance(exc, SystemExit):
         message = f"stopped by signal or exit ({exc.code})"
     trace = traceback.format_exception(type(exc), exc, exc.__traceback__)
-    LOG.error("task failed:\n%s", "".join(trace).rstrip())
+    if isinstance(exc, ExecutorError):  # a diagnosed error: its message says it all, the trace is for debugging
+        LOG.debug("task failed:\n%s", "".join(trace).rstrip())
+        trace = []
+    else:
+        LOG.error("task failed:\n%s", "".join(trace).rstrip())
     try:
         monitor.error(code, message, "".join(trace).splitlines())
     except OSError as write_error:

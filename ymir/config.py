@@ -6,6 +6,7 @@ Every value is checked here, at the edge; the tasks receive plain typed objects.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import logging
 import math
 import re
@@ -288,6 +289,11 @@ def load_config(env: EnvConfig, mapper: PathMapper) -> ExecutorConfig:
             known |= section_keys(InferConfig)
     unknown = {key: value for key, value in raw.items() if key not in known}
     for key, value in unknown.items():
-        LOG.info("config key %s = %s is not used by this task; kept and ignored", one_line(repr(key), 100),
-                 one_line(repr(value), 200))
+        close = difflib.get_close_matches(str(key), sorted(known | set(KEY_ALIASES)), n=1, cutoff=0.75)
+        if close:
+            LOG.warning("config key %s = %s is not used by this task: did you mean %r?", one_line(repr(key), 100),
+                        one_line(repr(value), 200), close[0])
+        else:
+            LOG.info("config key %s = %s is not used by this task; kept and ignored", one_line(repr(key), 100),
+                     one_line(repr(value), 200))
     return ExecutorConfig(platform=platform, unknown=unknown, **sections)

@@ -122,7 +122,9 @@ def read_sample(image: Path, annotation: Path, class_names: Sequence[str], annot
         else:
             raw_boxes, problems = parse_voc(annotation, class_names)
     except AnnotationFileError as exc:
-        report.skip_image(str(image), str(exc))
+        how = "ark text" if annotation_format == "ark" else "VOC XML"
+        report.skip_image(str(image), f"{exc}: {annotation} (read as {how} by config export_format, which is "
+                                      "det-voc:raw when the key is absent)")
         return None
     for problem in problems:
         report.box_problem(str(annotation), problem)
