@@ -7,9 +7,10 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import yaml
 
@@ -65,8 +66,33 @@ def run_start(workdir: Path, timeout: float = 600, extra_env: Optional[dict] = N
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout, env=env,
                           cwd=str(workdir))
     assert tree_fingerprint(in_dir) == before, "the executor changed something under /in"
+    left = processes_naming(str(in_dir))
+    assert not left, f"processes of the task still running after it ended: {left}"
     monitor = (out_dir / "monitor.txt").read_text() if (out_dir / "monitor.txt").exists() else ""
     return RunResult(proc.returncode, proc.stdout, monitor)
+
+
+def processes_naming(text: str, grace: float = 5.0) -> List[str]:
+    """Living processes whose command line contains `text` (the task's /in folder names every process of a task:
+    ranks, torchrun, DataLoader workers), after up to `grace` seconds for them to finish exiting."""
+    deadline = time.monotonic() + grace
+    while True:
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+                with open(f"/proc/{entry}/stat") as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                continue
+            if text in cmdline and state not in ("Z", "X"):
+                found.append(f"{entry}: {cmdline[:200]}")
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
 
 
 def edit_yaml(path: Path, **changes) -> None:
