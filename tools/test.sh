@@ -31,7 +31,7 @@ step "lint (ruff)" .venv/bin/ruff check .
 stack() { "$1" -c 'import sys, torch; print(f"Python {sys.version.split()[0]} + torch {torch.__version__}")'; }
 main_stack=$(stack .venv/bin/python)
 floor_stack=$(stack .venvs/floor/bin/python)
-step "tests on $main_stack" .venv/bin/python -m pytest -q "$@"
+step "tests on $main_stack" .venv/bin/python -m pytest -q --durations=15 "$@"
 echo "core tests on $floor_stack:"
 step "core tests on $floor_stack" .venvs/floor/bin/python -m pytest -q -p no:cacheprovider "${FLOOR_TESTS[@]}"
 echo "summary:"
