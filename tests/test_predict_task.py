@@ -76,6 +76,9 @@ def test_mining_plus_inference(tmp_path, algorithm):
     assert result.returncode == 0, result.output[-3000:]
     check_outputs(work, good, bad)
     assert "4 candidate image(s) could not be read" in result.output
+    written = sum(len(image["boxes"]) for image in
+                  json.loads((work / "out" / "infer-result.json").read_text())["detection"].values())
+    assert f"infer-result.json ({written} boxes)" in result.output  # the count of what the file holds
     assert result.monitor_fields[2:4] == ["1.0000", "2"]
     for version in ("2.0.0", "2.3.0"):
         ids = [p.rsplit("/", 1)[1].split(".")[0] for p in good + bad]

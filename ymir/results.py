@@ -152,10 +152,14 @@ def infer_result_json(predictions: Mapping[str, Tuple[Sequence[Detection], Tuple
     return json.dumps({"detection": detection})
 
 
-def write_infer_result(path: Path, predictions, class_names: Sequence[str], protocol_version: str = "1.1.0") -> None:
+def write_infer_result(path: Path, predictions, class_names: Sequence[str], protocol_version: str = "1.1.0") -> int:
+    """Write infer-result.json; returns the number of boxes it holds (boxes that vanish when clipped to their
+    image are not written)."""
     # Protocol 0.0.0 (YMIR <= 1.1) names the list `annotations`.
     key = "boxes" if _version_tuple(protocol_version) >= (1, 0, 0) else "annotations"
-    write_text_atomic(Path(path), infer_result_json(predictions, class_names, key))
+    text = infer_result_json(predictions, class_names, key)
+    write_text_atomic(Path(path), text)
+    return sum(len(image[key]) for image in json.loads(text)["detection"].values())
 
 
 def _version_tuple(text: str) -> Tuple[int, ...]:

@@ -140,6 +140,5 @@ def _write_results(ctx: TaskContext, candidates, results: List[ImageResult], cla
     if config.infer:
         predictions: Dict[str, Tuple[List[Detection], Tuple[int, int]]] = {
             candidates[r.index][0]: (r.detections, r.size) for r in results}
-        write_infer_result(env.output.infer_result_file, predictions, class_names, env.protocol_version)
-        LOG.info("inference result written: %s (%d boxes)", env.output.infer_result_file,
-                 sum(len(r.detections) for r in results))
+        written = write_infer_result(env.output.infer_result_file, predictions, class_names, env.protocol_version)
+        LOG.info("inference result written: %s (%d boxes)", env.output.infer_result_file, written)
