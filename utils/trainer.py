@@ -10,6 +10,7 @@ import math
 import os
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -201,7 +202,9 @@ def train(model: DetectionModel, train_samples: Sequence, val_samples: Sequence,
             mean_losses = (mean_losses * i + items) / (i + 1)
             on_progress((epoch * work_per_epoch + i + 1) / (s.epochs * work_per_epoch))
         lrs = [g["lr"] for g in optimizer.param_groups]
-        scheduler.step()
+        with warnings.catch_warnings():  # an epoch without an optimizer step (gradient accumulation) is expected
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+            scheduler.step()
         if rank == 0:
             def val_progress(f, _e=epoch):
                 on_progress((_e * work_per_epoch + nb + f * val_batches) / (s.epochs * work_per_epoch))
