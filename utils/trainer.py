@@ -27,6 +27,7 @@ from utils.image_weights import ImageWeightedSampler, class_weights, epoch_class
 from utils.loss import YoloLoss
 from utils.metrics import DetectionMetrics
 from utils.optim import ModelEMA, build_optimizer, build_scheduler, lr_lambda, unwrap, warmup, warmup_accumulation
+from utils.progress import ProgressLine
 from utils.train_data import TrainImages, ValImages, collate_train, collate_val
 from utils.validate import summary_line, validate
 
@@ -153,6 +154,7 @@ def train(model: DetectionModel, train_samples: Sequence, val_samples: Sequence,
     work_per_epoch = nb + val_batches
     last_step, best = -1, None
     best_epoch, stop = 0, False
+    run_started = time.time()
     for epoch in range(s.epochs):
         started = time.time()
         net.train()
@@ -169,6 +171,7 @@ def train(model: DetectionModel, train_samples: Sequence, val_samples: Sequence,
         mean_losses = torch.zeros(3, device=device)
         optimizer.zero_grad()
         train_examples = []
+        line = ProgressLine(f"epoch {epoch + 1}/{s.epochs}: batch", nb) if rank == 0 else None
         for i, (images, targets) in enumerate(train_loader):
             step = i + nb * epoch
             images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last).float() / 255
@@ -201,6 +204,11 @@ def train(model: DetectionModel, train_samples: Sequence, val_samples: Sequence,
                 last_step = step
             mean_losses = (mean_losses * i + items) / (i + 1)
             on_progress((epoch * work_per_epoch + i + 1) / (s.epochs * work_per_epoch))
+            if line is not None:
+                done = (epoch * nb + i + 1) / (s.epochs * nb)
+                line.update(i + 1, images.shape[0] * world,
+                            detail=lambda m=mean_losses: "loss box {:.4f} obj {:.4f} cls {:.4f}".format(*m.tolist()),
+                            eta_total=lambda d=done: (time.time() - run_started) / d * (1 - d))
         lrs = [g["lr"] for g in optimizer.param_groups]
         with warnings.catch_warnings():  # an epoch without an optimizer step (gradient accumulation) is expected
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")

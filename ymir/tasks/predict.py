@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Subset
 
 from utils.checkpoint import CheckpointError, build_model
 from utils.inference import LetterboxedImages, collate, detect, in_original_pixels, make_detector
+from utils.progress import ProgressLine
 from ymir.context import TaskContext
 from ymir.dataset import read_candidates
 from ymir.devices import select_device
@@ -100,6 +101,7 @@ def _predict_shard(ctx: TaskContext, candidates: Sequence[Tuple[str, object]], c
     results: List[ImageResult] = []
     started = time.perf_counter()
     progress = ctx.monitor.span(0.0, 0.99)  # only rank 0 writes; its shard stands for the whole
+    line = ProgressLine(f"rank {rank}: images" if world > 1 else "images", len(shard))
     for images, metas in loader:
         with torch.inference_mode():  # no autograd bookkeeping for the forward passes nor the scores
             out = detect(detector, images, metas, settings.conf_thres, settings.iou_thres, settings.max_det)
@@ -114,6 +116,7 @@ def _predict_shard(ctx: TaskContext, candidates: Sequence[Tuple[str, object]], c
                                        [Detection(*map(float, row[:5]), int(row[5])) for row in dets],
                                        (meta.shape[1], meta.shape[0])))
         progress(len(results) / max(1, len(shard)))
+        line.update(len(results), len(metas))
     elapsed = time.perf_counter() - started
     LOG.info("rank %d: %d images in %.2f s (%.2f images/s)", rank, len(results), elapsed,
              len(results) / max(elapsed, 1e-9))
