@@ -105,6 +105,26 @@ def edit_yaml(path: Path, **changes) -> None:
     path.write_text(yaml.safe_dump(data))
 
 
+def make_media(media: Path, count: int, seed: int = 0) -> list:
+    """Generated images stored as YMIR's media store holds them (by sha1), described for ymir_cmd's make-in:
+    boxes as (class, x, y, w, h), a third of them in the val split."""
+    import numpy as np
+
+    from ymir.demo import draw_image
+
+    rng = np.random.default_rng(seed)
+    assets = []
+    for i in range(count):
+        demo = draw_image(rng, (96, 128))
+        sha1 = hashlib.sha1(demo.jpeg).hexdigest()
+        (media / sha1[-2:]).mkdir(parents=True, exist_ok=True)
+        (media / sha1[-2:] / sha1).write_bytes(demo.jpeg)
+        boxes = [[c, x1, y1, x2 - x1 + 1, y2 - y1 + 1] for c, x1, y1, x2, y2 in demo.boxes]
+        assets.append({"sha1": sha1, "ext": "jpg", "width": 128, "height": 96, "boxes": boxes,
+                       "split": "train" if i % 3 else "val"})
+    return assets
+
+
 YMIR_CMD_VERSIONS = ("2.0.0", "2.3.0")
 PROBE = REPO / "tests" / "contract" / "ymir_cmd_probe.py"
 

@@ -10,7 +10,6 @@ tests use that image instead of building one.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -18,16 +17,15 @@ import tempfile
 import uuid
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
 
 from models.yolo import DetectionModel
-from tests.helpers import REPO, YMIR_CMD_VERSIONS, make_read_only, tree_fingerprint, ymir_cmd
+from tests.helpers import REPO, YMIR_CMD_VERSIONS, make_media, make_read_only, tree_fingerprint, ymir_cmd
 from tests.image.engine import Engine
 from utils.checkpoint import save_checkpoint
-from ymir.demo import CLASS_NAMES, draw_image
+from ymir.demo import CLASS_NAMES
 
 UID = "4321:4321"  # no such user in the image: YMIR may use any
 TASK_ID = "t0000001000001abcdef1663839849"
@@ -91,21 +89,6 @@ def test_img_man_and_labels_as_ymir_reads_them(engine, image):
     assert listing == ["SHA256SUMS"]
     shown = engine("run", "--rm", "--network", "none", image, "cat", "/app/weights/SHA256SUMS")
     assert shown.stdout == ""
-
-
-def make_media(media: Path, count: int, seed: int):
-    """Images as YMIR's media store holds them (by sha1), and their boxes (class, x, y, w, h)."""
-    rng = np.random.default_rng(seed)
-    assets = []
-    for i in range(count):
-        demo = draw_image(rng, (96, 128))
-        sha1 = hashlib.sha1(demo.jpeg).hexdigest()
-        (media / sha1[-2:]).mkdir(parents=True, exist_ok=True)
-        (media / sha1[-2:] / sha1).write_bytes(demo.jpeg)
-        boxes = [[c, x1, y1, x2 - x1 + 1, y2 - y1 + 1] for c, x1, y1, x2, y2 in demo.boxes]
-        assets.append({"sha1": sha1, "ext": "jpg", "width": 128, "height": 96, "boxes": boxes,
-                       "split": "val" if i % 4 == 0 else "train"})
-    return assets
 
 
 def platform_in(root: Path, task: str, assets, executor_config: dict, **extra) -> Path:

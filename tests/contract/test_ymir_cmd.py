@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.helpers import YMIR_CMD_VERSIONS, ymir_cmd
+from tests.helpers import YMIR_CMD_VERSIONS, make_media, ymir_cmd
 from ymir.config import load_config
 from ymir.dataset import read_candidates, read_split
-from ymir.demo import CLASS_NAMES, draw_image
+from ymir.demo import CLASS_NAMES
 from ymir.env import load_env
 from ymir.monitor import Monitor
 from ymir.paths import PathMapper
@@ -88,24 +88,10 @@ def test_monitor_parsed_by_the_platform(tmp_path, version, failing):
         assert (result["state"], result["percent"]) == (2, 0.42)
 
 
-def make_assets(media, count, seed=0):
-    rng = np.random.default_rng(seed)
-    assets = []
-    for i in range(count):
-        demo = draw_image(rng, (96, 128))
-        sha1 = hashlib.sha1(demo.jpeg).hexdigest()
-        (media / sha1[-2:]).mkdir(parents=True, exist_ok=True)
-        (media / sha1[-2:] / sha1).write_bytes(demo.jpeg)
-        boxes = [[c, x1, y1, x2 - x1 + 1, y2 - y1 + 1] for c, x1, y1, x2, y2 in demo.boxes]
-        assets.append({"sha1": sha1, "ext": "jpg", "width": 128, "height": 96, "boxes": boxes,
-                       "split": "train" if i % 3 else "val"})
-    return assets
-
-
 @pytest.mark.parametrize("export_format", ["ark:raw", "voc:raw"])
 def test_training_in_written_by_the_platform_is_read_by_us(tmp_path, version, export_format):
     media, in_dir = tmp_path / "media", tmp_path / "in"
-    assets = make_assets(media, 9)
+    assets = make_media(media, 9)
     spec = {"task": "training", "in_dir": str(in_dir), "media_dir": str(media), "class_names": list(CLASS_NAMES),
             "export_format": export_format, "task_id": "t0000001000001abcdef1663839849", "assets": assets,
             "executor_config": {"epochs": "3", "gpu_id": "", "gpu_count": 0, "shm_size": "1G", "model": "yolov5n"}}
@@ -132,7 +118,7 @@ def test_training_in_written_by_the_platform_is_read_by_us(tmp_path, version, ex
 @pytest.mark.parametrize("task", ["mining", "infer", "mining+infer"])
 def test_mining_and_infer_in_written_by_the_platform_is_read_by_us(tmp_path, version, task):
     media, in_dir = tmp_path / "media", tmp_path / "in"
-    assets = make_assets(media, 4)
+    assets = make_media(media, 4)
     spec = {"task": task, "in_dir": str(in_dir), "media_dir": str(media), "class_names": list(CLASS_NAMES),
             "task_id": "t0000001000001abcdef1663839849", "assets": assets,
             "model_params_path": ["/in/models/best/best.pt"],
