@@ -11,25 +11,17 @@ from typing import Callable, List, Optional
 import numpy as np
 import torch
 
-from utils.boxes import xywh_to_xyxy
+from utils.boxes import box_iou, xywh_to_xyxy
 
 MAX_BOX_SIZE = 7680  # class offset for class-aware NMS in one call: larger than any box
 MAX_NMS_INPUT = 30000  # at most this many candidates (best first) enter NMS per image
 GREEDY_BLOCK = 512  # candidates resolved together by greedy_nms (a BLOCK x BLOCK IoU matrix at a time)
 
 
-def _pairwise_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """IoU as torchvision's nms kernel computes it (no epsilon), so both suppress exactly the same pairs."""
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    wh = (torch.min(a[:, None, 2:], b[None, :, 2:]) - torch.max(a[:, None, :2], b[None, :, :2])).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    return inter / (area_a[:, None] + area_b[None, :] - inter)
-
-
 def greedy_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_thres: float) -> torch.Tensor:
     """Indices of the boxes that greedy NMS keeps, best score first: a box survives unless a kept box with a
-    higher score overlaps it by IoU > iou_thres. Block by block: a block is first cut down by every box kept
+    higher score overlaps it by IoU > iou_thres (box_iou without its epsilon has the arithmetic of torchvision's
+    kernel, so both suppress exactly the same pairs). Block by block: a block is first cut down by every box kept
     before it (one IoU matrix), then walked in score order, each survivor striking out the block's boxes it
     overlaps (one boolean row each)."""
     order = scores.argsort(descending=True)
@@ -38,8 +30,8 @@ def greedy_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_thres: float) -> t
     kept_boxes = boxes[:0]
     for start in range(0, boxes.shape[0], GREEDY_BLOCK):
         block = boxes[start:start + GREEDY_BLOCK]
-        removed = (_pairwise_iou(kept_boxes, block) > iou_thres).any(0).cpu().numpy()
-        overlaps = (_pairwise_iou(block, block) > iou_thres).triu(diagonal=1).cpu().numpy()
+        removed = (box_iou(kept_boxes, block, eps=0.0) > iou_thres).any(0).cpu().numpy()
+        overlaps = (box_iou(block, block, eps=0.0) > iou_thres).triu(diagonal=1).cpu().numpy()
         for i in range(block.shape[0]):
             if not removed[i]:
                 removed |= overlaps[i]
