@@ -180,8 +180,13 @@ class DetectionModel(nn.Module):
     def max_stride(self) -> int:
         return int(self.stride.max())
 
+    @property
+    def image_size_step(self) -> int:
+        """Image sides must be multiples of this, the largest stride (at least 32): every level's grid then
+        divides evenly (64 for P6 models)."""
+        return max(self.max_stride, 32)
+
     def fit_image_size(self, img_size: int) -> int:
-        """`img_size` rounded up to a multiple of the largest stride (at least 32): the square sizes at which every
-        level's grid divides evenly (64 for P6 models), for training and prediction alike."""
-        stride = max(self.max_stride, 32)
-        return -(-int(img_size) // stride) * stride
+        """`img_size` rounded up to a multiple of image_size_step, for training and prediction alike."""
+        step = self.image_size_step
+        return -(-int(img_size) // step) * step

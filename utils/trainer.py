@@ -94,7 +94,7 @@ def train(model: DetectionModel, train_samples: Sequence, val_samples: Sequence,
     seed_everything(s.seed + rank)
     device, hyp = s.device, dict(s.hyp)
     nc, nl = model.nc, model.detect.nl
-    gs = max(model.max_stride, 32)
+    gs = model.image_size_step
     hyp["box"] *= 3 / nl  # loss gains scale with levels, classes and image size
     hyp["cls"] *= nc / 80 * 3 / nl
     hyp["obj"] *= (s.img_size / 640) ** 2 * 3 / nl

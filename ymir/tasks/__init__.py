@@ -13,5 +13,5 @@ def fitted_image_size(model: DetectionModel, img_size: int) -> int:
     fitted = model.fit_image_size(img_size)
     if fitted != img_size:
         LOG.warning("img_size %d is not a multiple of the model's largest stride %d: using %d", img_size,
-                    max(model.max_stride, 32), fitted)
+                    model.image_size_step, fitted)
     return fitted
