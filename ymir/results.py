@@ -136,9 +136,10 @@ def ymir_box(det: Detection, width: int, height: int) -> Optional[Dict[str, int]
     return {"x": x1, "y": y1, "w": x2 - x1, "h": y2 - y1}
 
 
-def infer_result_json(predictions: Mapping[str, Tuple[Sequence[Detection], Tuple[int, int]]],
-                      class_names: Sequence[str], boxes_key: str = "boxes") -> str:
-    """`predictions` maps each candidate path to (detections, (width, height)) of the original image."""
+def infer_result(predictions: Mapping[str, Tuple[Sequence[Detection], Tuple[int, int]]],
+                 class_names: Sequence[str], boxes_key: str = "boxes") -> dict:
+    """infer-result.json's content. `predictions` maps each candidate path to (detections, (width, height)) of the
+    original image; a box that vanishes when clipped to its image, or names no class, is left out."""
     detection = {}
     for image_path, (dets, (width, height)) in predictions.items():
         boxes = []
@@ -149,7 +150,7 @@ def infer_result_json(predictions: Mapping[str, Tuple[Sequence[Detection], Tuple
             if box is not None:
                 boxes.append({"box": box, "class_name": class_names[det.class_id], "score": float(det.score)})
         detection[Path(image_path).name] = {boxes_key: boxes}
-    return json.dumps({"detection": detection})
+    return {"detection": detection}
 
 
 def write_infer_result(path: Path, predictions, class_names: Sequence[str], protocol_version: str = "1.1.0") -> int:
@@ -157,9 +158,9 @@ def write_infer_result(path: Path, predictions, class_names: Sequence[str], prot
     image are not written)."""
     # Protocol 0.0.0 (YMIR <= 1.1) names the list `annotations`.
     key = "boxes" if _version_tuple(protocol_version) >= (1, 0, 0) else "annotations"
-    text = infer_result_json(predictions, class_names, key)
-    write_text_atomic(Path(path), text)
-    return sum(len(image[key]) for image in json.loads(text)["detection"].values())
+    content = infer_result(predictions, class_names, key)
+    write_text_atomic(Path(path), json.dumps(content))
+    return sum(len(image[key]) for image in content["detection"].values())
 
 
 def _version_tuple(text: str) -> Tuple[int, ...]:
