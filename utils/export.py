@@ -83,8 +83,9 @@ def check_session(session, module: torch.nn.Module, sample: torch.Tensor) -> flo
     shapes, expected_shapes = [g.shape for g in got], [e.shape for e in expected]
     if shapes != expected_shapes:
         raise ExportError(f"ONNX output differs from torch: shape {shapes} vs {expected_shapes}")
-    diff = max(float(np.abs(g - e).max()) for g, e in zip(got, expected))
-    if not all(np.all(np.abs(g - e) <= TOLERANCE + RELATIVE_TOLERANCE * np.abs(e)) for g, e in zip(got, expected)):
+    differences = [np.abs(g - e) for g, e in zip(got, expected)]
+    diff = max(float(d.max()) for d in differences)
+    if not all(np.all(d <= TOLERANCE + RELATIVE_TOLERANCE * np.abs(e)) for d, e in zip(differences, expected)):
         raise ExportError(f"ONNX output differs from torch: max difference {diff}")
     return diff
 
