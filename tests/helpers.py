@@ -14,6 +14,8 @@ from typing import Dict, List, Optional
 
 import yaml
 
+from ymir.processes import alive
+
 REPO = Path(__file__).resolve().parent.parent
 START = REPO / "start.py"
 
@@ -84,11 +86,9 @@ def processes_naming(text: str, grace: float = 5.0) -> List[str]:
             try:
                 with open(f"/proc/{entry}/cmdline", "rb") as f:
                     cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
-                with open(f"/proc/{entry}/stat") as f:
-                    state = f.read().rsplit(")", 1)[1].split()[0]
-            except (OSError, IndexError):
+            except OSError:
                 continue
-            if text in cmdline and state not in ("Z", "X"):
+            if text in cmdline and alive(int(entry)):
                 found.append(f"{entry}: {cmdline[:200]}")
         if not found or time.monotonic() > deadline:
             return found

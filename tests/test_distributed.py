@@ -11,7 +11,7 @@ import yaml
 
 from tests.helpers import START, make_read_only
 from ymir.demo import make_workdir
-from ymir.processes import descendants
+from ymir.processes import alive, descendants
 
 
 def ddp_workdir(tmp_path, epochs):
@@ -73,16 +73,8 @@ def test_a_killed_rank_fails_the_task_promptly_and_leaves_nothing(tmp_path):
     assert fields[2:4] == ["1.0000", "4"]
     assert "process of the task failed" in output.strip().splitlines()[-1]
     time.sleep(1)
-    alive = [pid for pid in family if _running(pid)]
-    assert not alive, f"left behind: {alive}"
-
-
-def _running(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
-        return False
+    left = [pid for pid in family if alive(pid)]
+    assert not left, f"left behind: {left}"
 
 
 def test_two_process_sharded_mining_and_inference_equal_one_process(tmp_path):
@@ -130,8 +122,8 @@ def test_stopping_the_main_process_ends_every_rank(tmp_path, sig):
     os.kill(proc.pid, sig)
     output, _ = proc.communicate(timeout=60)
     time.sleep(10)
-    alive = [pid for pid in family if _running(pid)]
-    assert not alive, f"still running 10 s after the executor was stopped: {alive}"
+    left = [pid for pid in family if alive(pid)]
+    assert not left, f"still running 10 s after the executor was stopped: {left}"
     fields = (work / "out" / "monitor.txt").read_text().splitlines()[0].split("\t")
     if sig == signal.SIGTERM:  # the executor itself reports; a SIGKILLed one cannot, rank 0 may or may not
         assert proc.returncode != 0 and fields[2:4] == ["1.0000", "4"], (fields, output[-2000:])

@@ -7,7 +7,7 @@ import os
 import signal
 import threading
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 SUPERVISOR_ENV = "YMIR_SUPERVISOR_PID"  # set for torchrun's ranks: the executor process that launched them
 
@@ -43,7 +43,8 @@ def descendants(pid: int) -> List[int]:
     return found
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
     try:
         with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
             return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
@@ -60,7 +61,7 @@ def terminate(pids: List[int], grace: float = 5.0) -> None:
                 os.kill(pid, sig)
         deadline = time.monotonic() + (grace if sig == signal.SIGTERM else 1.0)
         while time.monotonic() < deadline:
-            pids = [pid for pid in pids if _alive(pid)]
+            pids = [pid for pid in pids if alive(pid)]
             if not pids:
                 return
             time.sleep(0.05)
@@ -76,14 +77,14 @@ def terminate_descendants(grace: float = 5.0) -> None:
     terminate(descendants(os.getpid()), grace)
 
 
-def stop_when_orphaned(interval: float = 1.0, supervisor: Optional[int] = None) -> threading.Thread:
+def stop_when_orphaned(interval: float = 1.0) -> threading.Thread:
     """In a rank: SIGTERM this process (the task then fails as if stopped) once its parent (torchrun) or the
     supervising executor process is gone, so that no rank outlives the task that started it."""
     parent = os.getppid()
-    supervisor = supervisor or int(os.environ.get(SUPERVISOR_ENV, "0") or 0)
+    supervisor = int(os.environ.get(SUPERVISOR_ENV, "0") or 0)
 
     def watch():
-        while os.getppid() == parent and (not supervisor or _alive(supervisor)):
+        while os.getppid() == parent and (not supervisor or alive(supervisor)):
             time.sleep(interval)
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(10 * interval)  # the main thread may be blocked in a collective with a dead peer
