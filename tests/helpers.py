@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +106,27 @@ def edit_yaml(path: Path, **changes) -> None:
         else:
             data[key] = value
     path.write_text(yaml.safe_dump(data))
+
+
+class WritesAFile:
+    """A pickle payload: unpickling it would create `path`, proof that code from the file ran."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+@contextlib.contextmanager
+def readable_tmp_dir(prefix: str):
+    """A temporary folder another uid can reach (pytest's own tmp folders are private to their owner)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    os.chmod(path, 0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def make_media(media: Path, count: int, seed: int = 0) -> list:

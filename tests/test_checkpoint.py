@@ -1,5 +1,4 @@
 """Checkpoints: official files read without the original code and without running anything from the file."""
-import os
 import pickle
 import subprocess
 import sys
@@ -8,7 +7,7 @@ import pytest
 import torch
 
 from models.yolo import DetectionModel
-from tests.helpers import REPO, oracle
+from tests.helpers import REPO, WritesAFile, oracle
 from utils.checkpoint import (
     CheckpointError,
     build_model,
@@ -51,14 +50,6 @@ def test_official_checkpoint_gives_the_originals_outputs(tmp_path, cfg):
                           timeout=300, cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert float(proc.stdout.strip()) <= 1e-4
-
-
-class WritesAFile:
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.path}",))
 
 
 class EvalsCode:

@@ -8,7 +8,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import torch
 import yaml
 
 from models.yolo import DetectionModel
-from tests.helpers import REPO, make_read_only, oracle, tree_fingerprint
+from tests.helpers import REPO, WritesAFile, make_read_only, oracle, readable_tmp_dir, tree_fingerprint
 from tools.fetch_weights import UNPINNED, read_lock
 from tools.fetch_weights import main as fetch_main
 from utils.checkpoint import save_checkpoint
@@ -137,16 +136,6 @@ def test_weights_lock_names_the_ten_official_v7_models():
         assert e.sha256 == UNPINNED or re.fullmatch(r"[0-9a-f]{64}", e.sha256)
 
 
-class EvilPayload:
-    """Unpickling this would create a file: proof that code from the checkpoint ran."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 class QuietFiles(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):  # the step's own messages are what the tests read
         pass
@@ -162,7 +151,7 @@ def weights_server(tmp_path_factory):
     oracle("checkpoint", "yolov5s", 80, root / "yolov5n-is-s.pt", root / "io.pt", 0, 64)
     save_checkpoint(root / "ours.pt", DetectionModel("yolov5n", nc=80), [f"c{i}" for i in range(80)])
     marker = tmp_path_factory.mktemp("marker") / "code-ran"
-    torch.save({"model": EvilPayload(marker), "epoch": -1}, str(root / "evil.pt"))
+    torch.save({"model": WritesAFile(marker), "epoch": -1}, str(root / "evil.pt"))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietFiles, directory=str(root)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}", root, marker
@@ -263,11 +252,8 @@ def _can_run_as(uid):
 
 @pytest.fixture
 def shared_tmp():
-    """A folder another uid can reach (pytest's own tmp folders are private to root)."""
-    path = Path(tempfile.mkdtemp(prefix="ymir-uid-"))
-    os.chmod(path, 0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with readable_tmp_dir("ymir-uid-") as path:
+        yield path
 
 
 def test_cmd_script_runs_a_task_with_read_only_in_no_home_and_another_uid(shared_tmp):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 
@@ -22,7 +21,15 @@ import torch
 import yaml
 
 from models.yolo import DetectionModel
-from tests.helpers import REPO, YMIR_CMD_VERSIONS, make_media, make_read_only, tree_fingerprint, ymir_cmd
+from tests.helpers import (
+    REPO,
+    YMIR_CMD_VERSIONS,
+    make_media,
+    make_read_only,
+    readable_tmp_dir,
+    tree_fingerprint,
+    ymir_cmd,
+)
 from tests.image.engine import Engine
 from utils.checkpoint import save_checkpoint
 from ymir.demo import CLASS_NAMES
@@ -38,11 +45,9 @@ MINING = {"img_size": 64, "batch_size_per_gpu": 4, "num_workers_per_gpu": 1, "co
 
 @pytest.fixture(scope="module")
 def workdir():
-    """A folder that the container's arbitrary uid can read (pytest's own are private to their owner)."""
-    path = Path(tempfile.mkdtemp(prefix="ymir-image-"))
-    os.chmod(path, 0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    """A folder that the container's arbitrary uid can read."""
+    with readable_tmp_dir("ymir-image-") as path:
+        yield path
 
 
 @pytest.fixture(scope="module")
