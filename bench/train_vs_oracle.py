@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from utils.hyperparameters import SCRATCH_LOW  # noqa: E402
-from ymir.demo import CLASS_NAMES, ark_text, draw_image, env_yaml, write_asset  # noqa: E402
+from ymir.demo import CLASS_NAMES, draw_image  # noqa: E402
+from ymir.task_folder import ark_text, env_yaml, write_asset  # noqa: E402
 
 HYP_CHANGES = {"mosaic": 0.0, "lr0": 0.02}
 ORACLE_TRAIN = """

@@ -6,9 +6,9 @@ from PIL import Image
 from utils.images import EXIF_ORIENTATION_TAG
 from ymir.annotations import parse_ark, parse_voc
 from ymir.dataset import read_candidates, read_split
-from ymir.demo import voc_text
 from ymir.errors import DATASET_ERROR, DatasetError
 from ymir.paths import PathMapper
+from ymir.task_folder import voc_text
 
 CLASSES = ("cat", "dog")
 
