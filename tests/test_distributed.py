@@ -92,7 +92,10 @@ def test_two_process_sharded_mining_and_inference_equal_one_process(tmp_path):
         out = work / "out"
         outputs[processes] = ((out / "result.tsv").read_text(), (out / "infer-result.json").read_text())
         assert sorted(p.name for p in out.iterdir()) == ["infer-result.json", "models", "monitor.txt",
-                                                        "result.tsv", "tensorboard"]
+                                                        "result.tsv", "tensorboard", "ymir-executor-out.log"]
+        log = (out / "ymir-executor-out.log").read_text()  # the console of every process, each line once
+        assert log.count(" INFO ") == output.count(" INFO ") > 0
+        assert log.count("sharded over 2 processes") == output.count("sharded over 2 processes")
         assert len(outputs[processes][0].splitlines()) == len(good) + len(bad)
     assert outputs["1"] == outputs["2"]
 

@@ -246,6 +246,9 @@ def test_a_misspelt_key_gets_a_did_you_mean_and_a_known_error_prints_no_tracebac
     assert_failed(result, DATASET_ERROR, "train")
     assert "Traceback" not in result.output and "Traceback" not in result.monitor
     assert len(result.monitor.splitlines()) == 1  # the state line and its one-line message
+    log = (work / "out" / "ymir-executor-out.log").read_text()  # by hand, the console is kept as YMIR keeps it
+    assert log.splitlines()[-2:] == result.output.splitlines()[-2:]
+    assert "did you mean 'epochs'?" in log and "Traceback" not in log
 
 
 def test_an_unexpected_error_keeps_its_traceback(tmp_path):

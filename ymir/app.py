@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import logging
 import os
@@ -14,6 +15,7 @@ from typing import List, Optional
 
 from utils.malloc import keep_freed_memory
 from ymir.config import load_config
+from ymir.console_log import ConsoleCopy
 from ymir.context import TaskContext
 from ymir.env import load_env
 from ymir.errors import ExecutorError, classify
@@ -61,15 +63,33 @@ def main(argv: Optional[List[str]] = None) -> int:
     setup_logging()
     keep_freed_memory()  # CPU tensors reuse freed memory instead of page-faulting fresh memory in every batch
     signal.signal(signal.SIGTERM, _raise_system_exit)
-    if os.environ.get(SUPERVISOR_ENV):  # a rank under torchrun
+    rank = os.environ.get(SUPERVISOR_ENV)
+    if rank:  # a rank under torchrun
         stop_when_orphaned()
     mapper = PathMapper(args.in_dir, args.out_dir)
     if not mapper.env_file.exists() and not mapper.out_root.is_dir():  # not in YMIR's container: write nothing
         print(f"ymir-yolov5: no task here ({mapper.env_file} does not exist and {mapper.out_root} is not a folder): "
               "run it inside the image as YMIR does, or give a task folder with --in IN --out OUT", flush=True)
         return 2
+    with console_copy(mapper) if args.out_dir and not rank else contextlib.nullcontext():
+        return run_task(mapper)
+
+
+def console_copy(mapper: PathMapper):
+    """By hand (--out given), the console is also appended to the executor log, as YMIR writes it."""
+    path = mapper.output.executor_log_file
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return ConsoleCopy(path)
+    except OSError as exc:
+        LOG.warning("no copy of this log in %s: %s", path, exc)
+        return contextlib.nullcontext()
+
+
+def run_task(mapper: PathMapper) -> int:
     # under torchrun only rank 0 reports progress
-    monitor = Monitor(mapper.monitor_file, task_id="unknown-task", enabled=int(os.environ.get("RANK", 0)) == 0)
+    monitor = Monitor(mapper.output.monitor_file, task_id="unknown-task",
+                      enabled=int(os.environ.get("RANK", 0)) == 0)
     try:
         env = load_env(mapper)
         monitor.task_id = env.task_id

@@ -10,40 +10,9 @@ import yaml
 
 from ymir.coerce import to_bool
 from ymir.errors import ConfigError
-from ymir.paths import PathMapper
+from ymir.paths import OutputPaths, PathMapper
 
 LOG = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class OutputPaths:
-    """The platform reads these fixed names under /out, whatever env.yaml says."""
-
-    root: Path
-
-    @property
-    def models_dir(self) -> Path:
-        return self.root / "models"
-
-    @property
-    def training_result_file(self) -> Path:
-        return self.models_dir / "result.yaml"
-
-    @property
-    def mining_result_file(self) -> Path:
-        return self.root / "result.tsv"
-
-    @property
-    def infer_result_file(self) -> Path:
-        return self.root / "infer-result.json"
-
-    @property
-    def monitor_file(self) -> Path:
-        return self.root / "monitor.txt"
-
-    @property
-    def tensorboard_dir(self) -> Path:
-        return self.root / "tensorboard"
 
 
 @dataclass(frozen=True)
@@ -122,7 +91,7 @@ def load_env(mapper: PathMapper) -> EnvConfig:
         val_index_file=optional_path("val_index_file"),
         candidate_index_file=optional_path("candidate_index_file"),
         config_file=optional_path("config_file", "/in/config.yaml") or mapper.config_file,
-        output=OutputPaths(mapper.out_root),
+        output=mapper.output,
     )
     if not (env.run_training or env.run_mining or env.run_infer):
         raise ConfigError("env.yaml asks for no task: run_training, run_mining and run_infer are all false")

@@ -1,7 +1,44 @@
 """Mapping of the container paths `/in` and `/out` onto host folders, for runs outside Docker."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+
+
+@dataclass(frozen=True)
+class OutputPaths:
+    """The platform reads these fixed names under /out, whatever env.yaml says."""
+
+    root: Path
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def training_result_file(self) -> Path:
+        return self.models_dir / "result.yaml"
+
+    @property
+    def mining_result_file(self) -> Path:
+        return self.root / "result.tsv"
+
+    @property
+    def infer_result_file(self) -> Path:
+        return self.root / "infer-result.json"
+
+    @property
+    def monitor_file(self) -> Path:
+        return self.root / "monitor.txt"
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.root / "tensorboard"
+
+    @property
+    def executor_log_file(self) -> Path:
+        """Written by the platform from the container's console; by ymir.console_log when run by hand."""
+        return self.root / "ymir-executor-out.log"
 
 
 class PathMapper:
@@ -32,5 +69,5 @@ class PathMapper:
         return self.in_root / "config.yaml"
 
     @property
-    def monitor_file(self) -> Path:
-        return self.out_root / "monitor.txt"
+    def output(self) -> OutputPaths:
+        return OutputPaths(self.out_root)

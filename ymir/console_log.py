@@ -1,0 +1,72 @@
+"""Outside YMIR (`start.py --out DIR`), a copy of the console in DIR/ymir-executor-out.log.
+
+In YMIR the platform writes that file from the container's output; run by hand, nothing would. The copy is
+taken at the file-descriptor level, so it holds exactly what the console shows: log lines, warnings, tracebacks
+and the output of every process the task starts (torchrun and its ranks, data-loading workers).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import BinaryIO, List, Tuple
+
+JOIN_SECONDS = 5.0
+
+
+class ConsoleCopy:
+    """While active, whatever is written to stdout and stderr (fds 1 and 2) still reaches them and is appended
+    to `path` as well."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._file: BinaryIO = open(path, "ab", buffering=0)  # noqa: SIM115 (closed by __exit__)
+        self._lock = threading.Lock()
+        self._streams: List[Tuple[int, int, threading.Thread]] = []  # fd, its saved original, its pump
+
+    def __enter__(self) -> ConsoleCopy:
+        for stream, fd in ((sys.stdout, 1), (sys.stderr, 2)):
+            stream.flush()
+            original = os.dup(fd)
+            read_end, write_end = os.pipe()
+            os.dup2(write_end, fd)
+            os.close(write_end)
+            pump = threading.Thread(target=self._pump, args=(read_end, original), daemon=True,
+                                    name=f"console-copy-{fd}")
+            pump.start()
+            self._streams.append((fd, original, pump))
+        return self
+
+    def _pump(self, read_end: int, original: int) -> None:
+        with os.fdopen(read_end, "rb", buffering=0) as pipe:
+            while True:
+                chunk = pipe.read(65536)
+                if not chunk:
+                    return
+                _write_all(original, chunk)
+                # disk full or file closed: the console still gets it
+                with self._lock, contextlib.suppress(OSError, ValueError):
+                    self._file.write(chunk)
+
+    def __exit__(self, *exc_info) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, original, _ in self._streams:
+            os.dup2(original, fd)  # the pipe's last writer (ours) is gone: its pump reads to the end and stops
+        for _, original, pump in self._streams:
+            pump.join(JOIN_SECONDS)  # a process that outlived the task would hold the pipe open: do not wait
+            os.close(original)
+        with self._lock:
+            self._file.close()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            written = os.write(fd, view)
+        except OSError:  # the console went away (closed terminal): keep copying to the file
+            return
+        view = view[written:]
