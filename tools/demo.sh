@@ -7,7 +7,7 @@ DEMO_DIR=${DEMO_DIR:-demo-run}
 PY=.venv/bin/python
 rm -rf "$DEMO_DIR"
 
-echo "== 1/2 training yolov5n on the demo dataset ($DEMO_DIR/train)"
+echo "== 1/2 training yolov5n from scratch on the demo dataset ($DEMO_DIR/train; official weights are bundled in the image only)"
 $PY -m ymir.demo "$DEMO_DIR/train" --task training
 $PY start.py --in "$DEMO_DIR/train/in" --out "$DEMO_DIR/train/out"
 

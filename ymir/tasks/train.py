@@ -141,9 +141,9 @@ def build_training_model(cfg: TrainingConfig, models_dir: Path, pretrained: Tupl
                 raise ModelError(f"bundled weights for {cfg.model} are unusable: {exc}") from None
             origin = f"official {cfg.model} weights"
         else:
-            LOG.warning("no pretrained model and no bundled %s weights (%s/%s.pt): training from RANDOM "
-                        "initialisation, which needs much more data and epochs", cfg.model,
-                        os.environ.get(WEIGHTS_DIR_ENV, DEFAULT_WEIGHTS_DIR), cfg.model)
+            LOG.warning("no pretrained model and no bundled %s weights (%s/%s.pt): training from random "
+                        "initialisation (from scratch), which needs more data and epochs than fine-tuning",
+                        cfg.model, os.environ.get(WEIGHTS_DIR_ENV, DEFAULT_WEIGHTS_DIR), cfg.model)
     arch = {k: v for k, v in arch.items() if k in ("nc", "depth_multiple", "width_multiple", "anchors", "backbone",
                                                     "head")}
     try:
@@ -221,6 +221,7 @@ class StageSaver:
             tmp.unlink(missing_ok=True)
             return False
         tmp.replace(folder / f"{stem}.onnx")
+        LOG.info("stage %s: %s written", stage, folder / f"{stem}.onnx")
         self.writer.add(stage, self._keep([f"{stem}.pt", f"{stem}.onnx"]), self.metrics(m), best=best,
                         timestamp=int(time.time()))
         return True
