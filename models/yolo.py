@@ -16,6 +16,10 @@ from models.common import C3, SPPF, Bottleneck, Concat, Conv
 from models.detect import Detect
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+_SIZES = "nsmlx"
+# The shipped architectures, from their files: P5 (yolov5n..x), then P6 (yolov5n6..x6), smallest first.
+MODEL_NAMES = tuple(sorted((p.stem for p in CONFIG_DIR.glob("yolov5*.yaml")),
+                           key=lambda name: (name.endswith("6"), _SIZES.index(name[6]))))
 STRIDE_PROBE_SIZE = 256
 # Layers whose first two arguments are (input channels, output channels) and that take an activation.
 _CONV_LIKE = {"Conv": Conv, "Bottleneck": Bottleneck, "C3": C3, "SPPF": SPPF}

@@ -2,8 +2,8 @@
 import pytest
 import yaml
 
+from models.yolo import MODEL_NAMES
 from ymir.config import (
-    MODEL_NAMES,
     InferConfig,
     MiningConfig,
     TrainingConfig,

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
+from models.yolo import MODEL_NAMES
 from ymir import coerce
 from ymir.env import EnvConfig, read_yaml_mapping
 from ymir.errors import ConfigError, one_line
@@ -23,10 +24,6 @@ from ymir.paths import PathMapper
 LOG = logging.getLogger(__name__)
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent
-MODEL_NAMES = (
-    "yolov5n", "yolov5s", "yolov5m", "yolov5l", "yolov5x",
-    "yolov5n6", "yolov5s6", "yolov5m6", "yolov5l6", "yolov5x6",
-)
 MINING_ALGORITHMS = ("random", "entropy", "aldd", "cald")
 ALDD_RESOLUTIONS = ("native", "input")
 ANNOTATION_FORMATS = {"ark": "ark", "det-ark": "ark", "voc": "voc", "det-voc": "voc"}

@@ -12,7 +12,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from models.yolo import ArchitectureError, DetectionModel, architecture
+from models.yolo import MODEL_NAMES, ArchitectureError, DetectionModel, architecture
 from utils.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -160,8 +160,7 @@ def build_training_model(cfg: TrainingConfig, models_dir: Path, pretrained: Tupl
 
 
 def _architecture_name(arch: dict) -> Optional[str]:
-    for name in ("yolov5n", "yolov5s", "yolov5m", "yolov5l", "yolov5x", "yolov5n6", "yolov5s6", "yolov5m6",
-                 "yolov5l6", "yolov5x6"):
+    for name in MODEL_NAMES:
         ref = architecture(name)
         if all(ref[k] == arch.get(k) for k in ("depth_multiple", "width_multiple", "backbone", "head")):
             return name
