@@ -81,6 +81,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def grad_scaler(enabled: bool):
+    """AMP's loss scaler for CUDA (torch.amp.GradScaler, torch.cuda.amp.GradScaler before torch 2.3); disabled, a
+    pass-through."""
+    if hasattr(torch, "amp") and hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler("cuda", enabled=enabled)
+    return torch.cuda.amp.GradScaler(enabled=enabled)
+
+
 def distributed() -> tuple:
     """(rank, world size) from torchrun's environment."""
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -139,8 +147,7 @@ def train(model: DetectionModel, train_samples: Sequence, val_samples: Sequence,
         if world > 1 else model
     loss_fn = YoloLoss(unwrap(net).detect, hyp)
     amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=amp) if hasattr(torch, "amp") and hasattr(torch.amp, "GradScaler") \
-        else torch.cuda.amp.GradScaler(enabled=amp)
+    scaler = grad_scaler(amp)
 
     nb = len(train_loader)
     # at least 100 warmup batches, as YOLOv5; warmup_epochs=0 turns warmup off

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The GPU check (bench/gpu_check.py) in one call; its report goes to gpu-check/ (or --out DIR).
+#
+#   bash tools/gpu_check.sh --prepare            here, before a GPU run: the wheels the GPU machine lacks (onnx for
+#                                                our export, the original YOLOv5 v7.0 for the comparison) into
+#                                                .cache/gpu-wheels (about 25 MB), which the run carries along
+#   bash tools/gpu_check.sh [--out DIR]          on the GPU machine (its own python3, torch and CUDA)
+#   bash tools/gpu_check.sh --dry-run [--out DIR]  anywhere: every step at toy sizes on the CPU (CI runs this)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WHEELS=.cache/gpu-wheels
+PY=python3
+[ -x .venv/bin/python ] && PY=.venv/bin/python
+
+if [ "${1:-}" = "--prepare" ]; then
+  # pinned; for CPython 3.12 on x86-64 Linux, the GPU machine's Python
+  $PY -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+    --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 -d "$WHEELS" \
+    onnx==1.20.0 ml_dtypes==0.7.0 yolov5==7.0.14 ultralytics==8.4.190 thop==0.1.1.post2209072238 tqdm==4.70.1 \
+    psutil==7.2.2 requests==2.34.2 urllib3==2.8.0 idna==3.20 certifi==2026.10.18 charset_normalizer==3.5.2 \
+    python-dateutil==2.9.0.post0 six==1.17.0 setuptools==80.10.2
+  du -sh "$WHEELS"
+  exit 0
+fi
+
+# Wheels whose distribution this Python lacks are unpacked into a temporary folder on PYTHONPATH (the machine's
+# own packages are never shadowed); the check and the tasks it starts see them.
+SITE=$(mktemp -d)
+trap 'rm -rf "$SITE"' EXIT
+if compgen -G "$WHEELS/*.whl" > /dev/null; then
+  $PY - "$SITE" "$WHEELS"/*.whl <<'PY'
+import importlib.metadata, re, sys, zipfile
+site, wheels = sys.argv[1], sys.argv[2:]
+for wheel in wheels:
+    name = re.split(r"-\d", wheel.rsplit("/", 1)[-1], maxsplit=1)[0]
+    try:
+        importlib.metadata.distribution(name)
+    except importlib.metadata.PackageNotFoundError:
+        zipfile.ZipFile(wheel).extractall(site)
+        print(f"gpu_check: using the carried {wheel.rsplit('/', 1)[-1]}")
+PY
+  export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+fi
+$PY bench/gpu_check.py "$@"
