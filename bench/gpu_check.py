@@ -1,6 +1,7 @@
 """The GPU check: one run that proves the product's CUDA paths and measures them, written to one report.
 
-    bash tools/gpu_check.sh [--out DIR]      on a machine with an NVIDIA GPU (about 6 minutes on one H200)
+    bash tools/gpu_check.sh [--out DIR]      on a machine with an NVIDIA GPU (sized for at most 8 minutes on
+                                             one H200; not yet timed there)
     bash tools/gpu_check.sh --dry-run        anywhere: every step at toy sizes on the CPU; CUDA-only steps are
                                              skipped, saying what they would measure
 
