@@ -113,3 +113,17 @@ def test_transfer_to_another_class_count_keeps_matching_tensors():
     # everything but the three class-dependent head convs (weight + bias) and the anchors
     assert total - copied == 3 * 2 + 1
     assert torch.equal(target.state_dict()["model.0.conv.weight"], source.state_dict()["model.0.conv.weight"])
+
+
+def test_class_names_in_another_order_than_the_models_are_used_and_warned_about(caplog):
+    from utils.checkpoint import Checkpoint
+    from ymir.errors import ModelError
+    from ymir.weights import resolve_class_names
+
+    ckpt = Checkpoint(state_dict={}, yaml={"nc": 2}, names=["cat", "dog"])
+    assert resolve_class_names(["Cat", "dog"], ckpt) == ["Cat", "dog"] and "another order" not in caplog.text
+    assert resolve_class_names(["dog", "cat"], ckpt) == ["dog", "cat"]
+    assert "name the model's classes in another order than it was trained with (['cat', 'dog'])" in caplog.text
+    assert resolve_class_names([], ckpt) == ["cat", "dog"]
+    with pytest.raises(ModelError):
+        resolve_class_names(["cat"], ckpt)

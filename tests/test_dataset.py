@@ -133,6 +133,15 @@ def test_split_with_no_usable_image_is_a_dataset_error(tmp_path):
     assert info.value.code == DATASET_ERROR and "no usable image" in info.value.message
 
 
+def test_a_relative_index_path_is_skipped_saying_what_the_index_holds(tmp_path):
+    split = Split(tmp_path).add("good", "0, 1, 1, 5, 5\n")
+    split.lines.append("assets/good.jpg\tannotations/good.txt")
+    samples, report = split.read()
+    assert list(samples) == ["good"]
+    assert "relative path 'assets/good.jpg': index files hold the container's absolute paths" in \
+        report.skipped_images[0][1]
+
+
 def test_empty_index_is_a_dataset_error(tmp_path):
     split = Split(tmp_path)
     with pytest.raises(DatasetError):

@@ -134,3 +134,4 @@ def test_a_task_written_from_the_readme_trains_then_mines_and_infers(tmp_path):
     assert sorted(line.split("\t")[0] for line in ranked) == ["/in/images/new-1.jpg", "/in/images/new-2.jpg"]
     predictions = json.loads((mine / "out/infer-result.json").read_text())["detection"]
     assert set(predictions) == {"new-1.jpg", "new-2.jpg"}
+    assert all(set(value) == {"boxes"} for value in predictions.values())  # protocol 1.1.0's form

@@ -64,6 +64,18 @@ def test_training_split_without_usable_images_is_a_dataset_error(tmp_path):
     assert "skipped image reasons: not a readable image x3" in result.output
 
 
+def test_training_labels_that_all_miss_the_class_names_are_a_dataset_error(tmp_path):
+    """Every box dropped (annotations of other classes): nothing to learn, said before any epoch runs."""
+    work = make_workdir(tmp_path, "training", num_train=3, num_val=2)
+    edit_yaml(work / "in" / "config.yaml", class_names=["cat"])
+    for line in (work / "in" / "train-index.tsv").read_text().splitlines():
+        (work / "in" / line.split("\t")[1][len("/in/"):]).write_text("1, 5, 5, 40, 40\n")  # class 1 of 1 name
+    result = run_start(work)
+    assert_failed(result, DATASET_ERROR, "none of the 3 training images holds a box of the classes ['cat']")
+    assert "check class_names and export_format against the annotations" in result.output
+    assert "epoch 1/" not in result.output
+
+
 def test_failure_monitor_is_read_by_the_platform(tmp_path):
     work = make_workdir(tmp_path, "training", num_train=2, num_val=1)
     edit_yaml(work / "in" / "config.yaml", img_size=-1)

@@ -30,11 +30,13 @@ def read_back(root: Path, split: str, names):
 
 
 def test_yolo_fractions_become_inclusive_pixel_corners():
-    boxes, problems = yolo_boxes("1 0.5 0.5 0.5 0.2\n0 0.05 0.5 0.2 2.0\n", 200, 100, 2)
+    boxes, problems = yolo_boxes("1 0.5 0.5 0.5 0.2\n0 0.05 0.5 0.2 1.4\n", 200, 100, 2)
     # 1: centre (100, 50), 100 x 20 px -> pixels 50..149 x 40..59; 0: clipped to the image
     assert boxes == [(1, 50, 40, 149, 59), (0, 0, 0, 29, 99)] and problems == []
     boxes, problems = yolo_boxes("2 0.5 0.5 0.1 0.1\n0 0.5 0.5\nx 1 1 1 1\n", 200, 100, 2)
     assert boxes == [] and [p.split(":")[0] for p in problems] == ["line 1", "line 2", "line 3"]
+    _, problems = yolo_boxes("0 160 120 50 50\n", 200, 100, 2)  # pixels, not fractions: said so
+    assert "YOLO labels hold fractions of the image's width and height, not pixels" in problems[0]
 
 
 def test_a_yolo_dataset_becomes_a_training_task(tmp_path, capsys):
@@ -64,6 +66,20 @@ def test_a_yolo_dataset_becomes_a_training_task(tmp_path, capsys):
     for sample in samples:  # exclusive corners after reading: 50..150 x 40..60
         assert all(box.tolist() == [50, 40, 150, 60] for box in sample.boxes)
     assert (tmp_path / "task/out").is_dir() and not any((tmp_path / "task/out/models").iterdir())
+    sources = dict(line.split("\t") for line in (tmp_path / "task/sources.tsv").read_text().splitlines())
+    assert sorted(Path(s).name for s in sources.values()) == [f"img{i}.jpg" for i in range(6)] + ["unlabelled.jpg"]
+    assert all((tmp_path / "task/in" / p[len("/in/"):]).read_bytes() == Path(s).read_bytes()
+               for p, s in sources.items())
+
+
+def test_a_dataset_whose_labels_are_not_where_the_format_puts_them_is_refused(tmp_path, capsys):
+    jpeg(tmp_path / "JPEGImages/a.jpg")
+    jpeg(tmp_path / "JPEGImages/b.jpg")
+    (tmp_path / "Annotations").mkdir()
+    (tmp_path / "Annotations/a.xml").write_text("<annotation/>")
+    assert main([str(tmp_path / "task"), "--images", str(tmp_path / "JPEGImages"), "--names", "cat"]) == 2
+    err = capsys.readouterr().err
+    assert "no label file for any of the 2 images" in err and "another format: --labels" in err
 
 
 def test_a_voc_dataset_with_its_own_validation_folder(tmp_path, capsys):

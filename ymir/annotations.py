@@ -50,7 +50,8 @@ def parse_ark(path: Path, num_classes: int) -> Tuple[List[RawBox], List[str]]:
             problems.append(f"line {number}: not numbers: {line.strip()!r}")
             continue
         if not cls_value.is_integer() or not 0 <= cls_value < num_classes:
-            problems.append(f"line {number}: unknown class index: {fields[0]}")
+            problems.append(f"line {number}: unknown class index: {fields[0]} ({num_classes} class_names: "
+                            f"0 to {num_classes - 1})")
             continue
         x1, y1, x2, y2 = coords
         boxes.append((int(cls_value), x1, y1, x2 + 1, y2 + 1))

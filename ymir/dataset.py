@@ -149,6 +149,11 @@ def read_split(index_file: Path, class_names: Sequence[str], annotation_format: 
             report.skip_image(f"{index_file}:{number}",
                               f"bad index line: expected 'image TAB annotation', got {line!r}")
             continue
+        relative = [f for f in fields if not f.startswith("/")]
+        if relative:
+            report.skip_image(f"{index_file}:{number}", f"relative path {relative[0]!r}: index files hold the "
+                                                        "container's absolute paths, such as /in/images/a.jpg")
+            continue
         sample = read_sample(mapper(fields[0]), mapper(fields[1]), class_names, annotation_format, report)
         if sample is not None:
             samples.append(sample)

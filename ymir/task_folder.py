@@ -3,16 +3,20 @@
 `python -m ymir.task_folder ROOT --task training --images DIR` turns a folder of images with YOLO txt labels
 (or Pascal VOC XML, `--labels voc`) into ROOT/in and ROOT/out; `--task mining+infer --images DIR --model STAGE`
 does the same for unlabelled images and a trained model stage. Then `python start.py --in ROOT/in --out ROOT/out`
-runs the task. The README's "Write a task by hand" section describes every file this writes.
+runs the task. The folder is laid out as YMIR lays it out (images and annotations named by the image's SHA-1 under
+in/assets and in/annotations; the README's "Write a task by hand" section describes each file's format);
+ROOT/sources.tsv maps each image's path in the task to the file it came from.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import logging
+import os
 import random
 import shutil
 import sys
+import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +43,7 @@ class LabelledImage:
     width: int = 0
     height: int = 0
     suffix: str = "jpg"
+    source: str = ""  # the file it was read from, if any
 
 
 def ark_text(boxes: Sequence[Box]) -> str:
@@ -93,10 +98,11 @@ def env_yaml(task: str, task_id: str) -> dict:
 
 
 def _write_labelled(in_dir: Path, split: str, images: Iterable[LabelledImage], class_names: Sequence[str],
-                    annotation_format: str) -> int:
+                    annotation_format: str, sources: List[str]) -> None:
     lines = []
     for image in images:
         image_path = write_asset(in_dir, image.data, image.suffix)
+        sources.append(f"{image_path}\t{image.source}\n")
         sha1 = Path(image_path).stem
         ext = "txt" if annotation_format == "ark" else "xml"
         anno_rel = f"annotations/{sha1[-2:]}/{sha1}.{ext}"
@@ -106,7 +112,6 @@ def _write_labelled(in_dir: Path, split: str, images: Iterable[LabelledImage], c
         (in_dir / anno_rel).write_text(text)
         lines.append(f"{image_path}\t/in/{anno_rel}\n")
     (in_dir / f"{split}-index.tsv").write_text("".join(lines))
-    return len(lines)
 
 
 def hand_over_model(in_dir: Path, stage_dir: Path) -> List[str]:
@@ -137,13 +142,19 @@ def write_task_folder(root: Path, task: str, class_names: Sequence[str], *, trai
     for sub in ("models", "tensorboard"):
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
     settings = {"task_id": task_id, "class_names": list(class_names), "gpu_id": "", "gpu_count": 0}
+    sources: List[str] = []
     if task == "training":
         settings["export_format"] = f"{annotation_format}:raw"
-        _write_labelled(in_dir, "train", train, class_names, annotation_format)
-        _write_labelled(in_dir, "val", val, class_names, annotation_format)
+        _write_labelled(in_dir, "train", train, class_names, annotation_format, sources)
+        _write_labelled(in_dir, "val", val, class_names, annotation_format, sources)
     else:
-        lines = [write_asset(in_dir, image.data, image.suffix) + "\n" for image in candidates]
-        (in_dir / "candidate-index.tsv").write_text("".join(lines))
+        lines = []
+        for image in candidates:
+            lines.append(write_asset(in_dir, image.data, image.suffix))
+            sources.append(f"{lines[-1]}\t{image.source}\n")
+        (in_dir / "candidate-index.tsv").write_text("".join(f"{line}\n" for line in lines))
+    if any(line.rstrip("\n").split("\t")[1] for line in sources):
+        (root / "sources.tsv").write_text("".join(sources))
         if model_stage is not None:
             settings["model_params_path"] = hand_over_model(in_dir, Path(model_stage))
     settings.update(config or {})
@@ -203,6 +214,10 @@ def yolo_boxes(text: str, width: int, height: int, num_classes: int) -> Tuple[Li
         except ValueError:
             problems.append(f"line {number}: expected 'class cx cy w h', got {line.strip()!r}")
             continue
+        if max(cx, cy, w, h) > 1.5:
+            problems.append(f"line {number}: values above 1 ({line.strip()!r}): YOLO labels hold fractions of the "
+                            "image's width and height, not pixels")
+            continue
         if not 0 <= cls < num_classes:
             problems.append(f"line {number}: class {cls} has no name ({num_classes} names given)")
             continue
@@ -261,7 +276,7 @@ def read_dataset_folder(images_root: Path, labels: str, class_names: Sequence[st
             report.without_labels += 1
         report.images += 1
         report.boxes += len(boxes)
-        images.append(LabelledImage(data, boxes, width, height, path.suffix.lower().lstrip(".")))
+        images.append(LabelledImage(data, boxes, width, height, path.suffix.lower().lstrip("."), str(path)))
     return images, report
 
 
@@ -323,15 +338,21 @@ def model_class_names(stage: Path) -> List[str]:
 
     weights = choose_weights(sorted(stage.iterdir()), None)
     if weights is None:
-        raise DatasetFolderError(f"no .pt weights in {stage}")
+        raise DatasetFolderError(f"no .pt weights in {stage}: --model takes a stage folder, such as "
+                                 "out/models/best")
     return list(read_checkpoint(weights).names)
+
+
+def local_task_id() -> str:
+    """A task id of its own per folder made (YMIR's are unique too)."""
+    return f"t{time.strftime('%Y%m%d%H%M%S')}local{os.getpid()}"
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m ymir.task_folder", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("root", type=Path, help="the task folder to write (ROOT/in, ROOT/out); must not exist")
-    parser.add_argument("--task", choices=TASKS, default="training")
+    parser.add_argument("--task", choices=TASKS, default="training", help="default: training")
     parser.add_argument("--images", type=Path, required=True, help="folder of images (searched recursively)")
     parser.add_argument("--labels", choices=("yolo", "voc"), default="yolo",
                         help="training: YOLO txt (labels/ beside images/, or beside each image) or VOC XML "
@@ -362,20 +383,26 @@ def build_from_dataset(args: argparse.Namespace) -> str:
     names = names_option(args.names) if args.names else model_class_names(args.model)
     candidates = []
     for path in image_files(args.images):
-        candidates.append(LabelledImage(path.read_bytes(), suffix=path.suffix.lower().lstrip(".")))
+        candidates.append(LabelledImage(path.read_bytes(), suffix=path.suffix.lower().lstrip("."), source=str(path)))
     if not candidates:
         raise DatasetFolderError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {args.images}")
-    write_task_folder(args.root, args.task, names, candidates=candidates, model_stage=args.model, config=config)
+    write_task_folder(args.root, args.task, names, candidates=candidates, model_stage=args.model, config=config,
+                      task_id=local_task_id())
     return f"{len(candidates)} candidate images, model {args.model}, classes {names}"
 
 
 def _build_training(args: argparse.Namespace, config: dict) -> str:
     names = dataset_class_names(args.images, args.labels, args.names)
+    suffix, (image_folder, label_folder) = LABEL_LAYOUT[args.labels]
+    layout = f"{args.labels} labels: {label_folder}/*{suffix} beside {image_folder}/, or beside each image"
     if not names:
-        raise DatasetFolderError("no class names: give --names (a file with one per line, or 'cat,dog'), or put "
-                                 "classes.txt beside the images")
+        raise DatasetFolderError(f"no class names: give --names (a file with one per line, or 'cat,dog'), or put "
+                                 f"classes.txt beside the images (looked for {layout}; another format: --labels)")
     seen: Dict[str, Path] = {}
     images, report = read_dataset_folder(args.images, args.labels, names, seen)
+    if images and report.without_labels == len(images):
+        raise DatasetFolderError(f"no label file for any of the {len(images)} images (looked for {layout}; "
+                                 f"another format: --labels)")
     if args.val_images:
         val, val_report = read_dataset_folder(args.val_images, args.labels, names, seen)
         train = images
@@ -388,7 +415,7 @@ def _build_training(args: argparse.Namespace, config: dict) -> str:
         train, val = split_train_val(images, args.val_fraction)
     if not train or not val:
         raise DatasetFolderError(f"no usable training or validation images under {args.images}")
-    write_task_folder(args.root, "training", names, train=train, val=val, config=config)
+    write_task_folder(args.root, "training", names, train=train, val=val, config=config, task_id=local_task_id())
     for line in report.skipped:
         print(f"left out: {line}", file=sys.stderr)
     return (f"{len(train)} training + {len(val)} validation images, {report.boxes} boxes, classes {names}"

@@ -21,7 +21,8 @@ def choose_weights(listed: Sequence[Path], models_dir: Optional[Path]) -> Option
     if not files and models_dir is not None and models_dir.is_dir():
         files = sorted(p for p in models_dir.rglob("*") if p.suffix in WEIGHT_SUFFIXES and p.is_file())
         if files:
-            LOG.warning("no listed weights file exists; found %s under %s", [str(p) for p in files], models_dir)
+            LOG.warning("no weights file (%s) among the listed model files; using what is under %s: %s",
+                        "/".join(WEIGHT_SUFFIXES), models_dir, [str(p) for p in files])
     if not files:
         return None
     best = [p for p in files if "best" in p.stem.lower()]
@@ -54,5 +55,9 @@ def resolve_class_names(config_names: Sequence[str], ckpt: Checkpoint) -> List[s
         if len(config_names) != ckpt.nc:
             raise ModelError(f"the model predicts {ckpt.nc} classes but config class_names has {len(config_names)}: "
                              f"{list(config_names)}")
+        if [n.lower() for n in config_names] != [n.lower() for n in ckpt.names] and \
+                sorted(n.lower() for n in config_names) == sorted(n.lower() for n in ckpt.names):
+            LOG.warning("config class_names %s name the model's classes in another order than it was trained with "
+                        "(%s): predictions are labelled by the config's order", list(config_names), list(ckpt.names))
         return list(config_names)
     return list(ckpt.names)

@@ -31,7 +31,7 @@ from ymir.context import TaskContext
 from ymir.dataset import read_split
 from ymir.devices import select_device
 from ymir.distributed import needs_launch, process_group, rank_and_world, wanted_processes
-from ymir.errors import ConfigError, ModelError, NanLossError
+from ymir.errors import ConfigError, DatasetError, ModelError, NanLossError
 from ymir.launch import run_distributed
 from ymir.results import ModelStageWriter
 from ymir.tasks import fitted_image_size
@@ -69,6 +69,7 @@ def _train(ctx: TaskContext, options, device) -> None:
     fmt = platform.annotation_format
     train_samples, _ = read_split(env.training_index_file, names, fmt, ctx.mapper, "train")
     val_samples, _ = read_split(env.val_index_file, names, fmt, ctx.mapper, "val")
+    require_boxes(train_samples, val_samples, names)
     seed_everything(options.seed)  # the random initialisation too: a run is reproducible from its seed
     model, origin = build_training_model(cfg, env.models_dir, platform.pretrained_model_params, len(names))
     img_size = fitted_image_size(model, cfg.img_size)
@@ -157,6 +158,17 @@ def build_training_model(cfg: TrainingConfig, models_dir: Path, pretrained: Tupl
         copied, total = transfer_weights(model, ckpt.state_dict)
         origin += f", {copied}/{total} tensors transferred"
     return model, origin
+
+
+def require_boxes(train_samples: List, val_samples: List, names: List[str]) -> None:
+    """A training split without a single box teaches nothing (every label dropped, e.g. class names that do not
+    match the annotations'); a validation split without one measures nothing."""
+    if not any(len(s.boxes) for s in train_samples):
+        raise DatasetError(f"none of the {len(train_samples)} training images holds a box of the classes {names}: "
+                           "check class_names and export_format against the annotations")
+    if not any(len(s.boxes) for s in val_samples):
+        LOG.warning("none of the %d validation images holds a box: mAP will be 0 and the best stage is the first "
+                    "epoch's", len(val_samples))
 
 
 def _architecture_name(arch: dict) -> Optional[str]:
