@@ -145,3 +145,17 @@ def test_an_existing_folder_is_never_written_into(tmp_path, capsys):
     assert main([str(tmp_path / "task"), "--images", str(tmp_path / "data"), "--names", "a"]) == 2
     assert "not empty" in capsys.readouterr().err
     assert [p.name for p in (tmp_path / "task").iterdir()] == ["keep.txt"]
+
+
+def test_the_demos_mining_task_hands_the_trained_stage_over(tmp_path):
+    from ymir.demo import make_workdir
+
+    stage = tmp_path / "trained/best"
+    stage.mkdir(parents=True)
+    save_checkpoint(stage / "best.pt", DetectionModel("yolov5n", nc=3), ["box", "disc", "triangle"])
+    (stage / "best.onnx").write_bytes(b"onnx")
+    work = make_workdir(tmp_path / "mine", "mining+infer", num_candidates=2, model_stage=stage)
+    config = yaml.safe_load((work / "in/config.yaml").read_text())
+    assert config["model_params_path"] == ["/in/models/best/best.onnx", "/in/models/best/best.pt"]
+    assert (work / "in/models/best/best.pt").read_bytes() == (stage / "best.pt").read_bytes()
+    assert not (work / "sources.tsv").exists()  # drawn images come from no file

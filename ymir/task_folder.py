@@ -153,10 +153,10 @@ def write_task_folder(root: Path, task: str, class_names: Sequence[str], *, trai
             lines.append(write_asset(in_dir, image.data, image.suffix))
             sources.append(f"{lines[-1]}\t{image.source}\n")
         (in_dir / "candidate-index.tsv").write_text("".join(f"{line}\n" for line in lines))
-    if any(line.rstrip("\n").split("\t")[1] for line in sources):
-        (root / "sources.tsv").write_text("".join(sources))
         if model_stage is not None:
             settings["model_params_path"] = hand_over_model(in_dir, Path(model_stage))
+    if any(line.rstrip("\n").split("\t")[1] for line in sources):
+        (root / "sources.tsv").write_text("".join(sources))
     settings.update(config or {})
     (in_dir / "config.yaml").write_text(yaml.safe_dump(settings))
     (in_dir / "env.yaml").write_text(yaml.safe_dump(env_yaml(task, task_id)))
