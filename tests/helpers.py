@@ -108,6 +108,16 @@ def edit_yaml(path: Path, **changes) -> None:
     path.write_text(yaml.safe_dump(data))
 
 
+def load_trusted(path) -> object:
+    """torch.load of a file the test wrote itself, classes and all (torch >= 1.13 defaults to weights only)."""
+    import inspect
+
+    import torch
+
+    extra = {"weights_only": False} if "weights_only" in inspect.signature(torch.load).parameters else {}
+    return torch.load(str(path), map_location="cpu", **extra)
+
+
 class WritesAFile:
     """A pickle payload: unpickling it would create `path`, proof that code from the file ran."""
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from models.yolo import DetectionModel
-from tests.helpers import REPO, WritesAFile, oracle
+from tests.helpers import REPO, WritesAFile, load_trusted, oracle
 from utils.checkpoint import (
     CheckpointError,
     build_model,
@@ -17,6 +17,7 @@ from utils.checkpoint import (
     transfer_weights,
 )
 
+FIXTURES = REPO / "tests" / "fixtures"
 PARITY_SCRIPT = """
 import sys, torch
 sys.path.insert(0, {repo!r})
@@ -88,14 +89,22 @@ def test_unreadable_files(tmp_path, content):
         read_checkpoint(path)
 
 
-def test_our_checkpoint_is_plain_data_and_round_trips(tmp_path):
+def test_our_checkpoint_has_yolov5s_layout_and_round_trips(tmp_path):
     torch.manual_seed(1)
     model = DetectionModel("yolov5n", nc=2, activation="LeakyReLU")
     path = tmp_path / "ours.pt"
-    save_checkpoint(path, model, ["cat", "dog"], epoch=3, meta={"mAP50": 0.5})
-    plain = load_plain(str(path))  # nothing but plain types inside
-    assert plain["format"] == "ymir-yolov5" and plain["names"] == ["cat", "dog"]
-    assert all(v.dtype in (torch.float16, torch.int64) for v in plain["state_dict"].values())
+    save_checkpoint(path, model, ["cat", "dog"], epoch=3, meta={"mAP50": 0.5}, opt={"epochs": 3},
+                    best_fitness=0.4)
+    raw = load_trusted(path)  # our classes are importable here
+    assert set(raw) == {"epoch", "best_fitness", "model", "ema", "updates", "optimizer", "opt", "git", "date",
+                        "ymir"}
+    assert (raw["epoch"], raw["best_fitness"], raw["ema"], raw["optimizer"], raw["opt"]) == (3, 0.4, None, None,
+                                                                                           {"epochs": 3})
+    pickled = raw["model"]
+    assert type(pickled) is DetectionModel and not pickled.training and pickled.names == {0: "cat", 1: "dog"}
+    assert pickled.__dict__["nc"] == 2 and all(not p.requires_grad for p in pickled.parameters())
+    assert all(t.dtype in (torch.float16, torch.int64) for t in pickled.state_dict().values())
+    assert model.training and next(model.parameters()).dtype == torch.float32  # the model written is untouched
     ckpt = read_checkpoint(path)
     assert (ckpt.names, ckpt.activation, ckpt.epoch, ckpt.meta) == (["cat", "dog"], "LeakyReLU", 3, {"mAP50": 0.5})
     rebuilt = build_model(ckpt)
@@ -104,6 +113,29 @@ def test_our_checkpoint_is_plain_data_and_round_trips(tmp_path):
         expected, _ = model.half().float().eval()(x)
         got, _ = rebuilt(x)
     assert (expected - got).abs().max() < 1e-5
+
+
+def test_a_checkpoint_of_the_earlier_plain_format_still_loads():
+    """format_version 1 (a plain dict with a state_dict), as YMIR model stores hold it: fixture written by that
+    code, with the outputs its weights gave."""
+    ckpt = read_checkpoint(FIXTURES / "ymir-v1-plain-dict.pt")
+    assert (ckpt.names, ckpt.epoch, ckpt.meta["img_size"]) == (["cat", "dog"], 7, 64)
+    io = load_plain(FIXTURES / "ymir-v1-plain-dict-io.pt")
+    with torch.no_grad():
+        decoded, _ = build_model(ckpt)(io["input"])
+    assert ((decoded - io["decoded"]).abs() / (1 + io["decoded"].abs())).max() < 1e-4
+
+
+def test_a_global_hidden_in_our_checkpoint_is_refused_and_nothing_runs(tmp_path):
+    path = tmp_path / "ours.pt"
+    save_checkpoint(path, DetectionModel("yolov5n", nc=2), ["cat", "dog"])
+    raw = load_trusted(path)
+    proof = tmp_path / "ran"
+    raw["ymir"]["meta"]["note"] = WritesAFile(proof)
+    torch.save(raw, str(path))
+    with pytest.raises(CheckpointError, match="refused"):
+        read_checkpoint(path)
+    assert not proof.exists()
 
 
 def test_transfer_to_another_class_count_keeps_matching_tensors():

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from models.yolo import DetectionModel
-from tests.helpers import edit_yaml, oracle, run_start, ymir_cmd
+from tests.helpers import edit_yaml, load_trusted, oracle, run_start, ymir_cmd
 from tests.test_images import png_claiming
-from utils.checkpoint import load_plain, save_checkpoint
+from utils.checkpoint import save_checkpoint
 from ymir.demo import CLASS_NAMES, make_workdir
 from ymir.errors import MODEL_ERROR
 from ymir.task_folder import write_asset
@@ -156,8 +156,8 @@ def test_a_checkpoint_naming_an_unknown_layer_is_a_model_error(tmp_path, task):
     weights = work / "in" / "models" / "best" / "best.pt"
     weights.parent.mkdir(parents=True)
     save_checkpoint(weights, DetectionModel("yolov5n", nc=3), list(CLASS_NAMES))
-    raw = load_plain(weights)
-    raw["yaml"]["backbone"][0][2] = "Evil"
+    raw = load_trusted(weights)
+    raw["ymir"]["yaml"]["backbone"][0][2] = "Evil"
     torch.save(raw, str(weights))
     key = "pretrained_model_params" if task == "training" else "model_params_path"
     edit_yaml(work / "in" / "config.yaml", **{key: ["/in/models/best/best.pt"]})

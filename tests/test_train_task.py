@@ -6,8 +6,8 @@ import torch
 import yaml
 
 from models.yolo import DetectionModel
-from tests.helpers import edit_yaml, oracle, run_start, ymir_cmd
-from utils.checkpoint import load_plain, read_checkpoint, save_checkpoint
+from tests.helpers import edit_yaml, load_trusted, oracle, run_start, ymir_cmd
+from utils.checkpoint import read_checkpoint, save_checkpoint
 from ymir.demo import CLASS_NAMES, make_workdir
 from ymir.errors import CONFIG_ERROR, MODEL_ERROR
 
@@ -32,8 +32,9 @@ def test_training_writes_stages_the_platform_packs(tmp_path):
     assert data["evaluate_config"] == {"iou_thr": 0.5, "conf_thr": 0.001}
     ckpt = read_checkpoint(out / "models" / "best" / "best.pt")
     assert ckpt.names == list(CLASS_NAMES) and ckpt.epoch in (1, 2)
-    stored = load_plain(out / "models" / "best" / "best.pt")["state_dict"].values()
-    assert all(v.dtype == torch.float16 for v in stored if v.is_floating_point())
+    stored = load_trusted(out / "models" / "best" / "best.pt")
+    assert stored["ymir"]["format_version"] == 2 and stored["ema"] is None  # YOLOv5's own layout
+    assert all(v.dtype == torch.float16 for v in stored["model"].state_dict().values() if v.is_floating_point())
     assert sum(ckpt.meta["class_histogram"]) > 0
     for version in ("2.0.0", "2.3.0"):
         packed = ymir_cmd(version, "pack", out, tmp_path / f"pack-{version}")

@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from models.detect import Detect
+from models.yolo import Detect
 
 LOG = logging.getLogger(__name__)
 MIN_BPR = 0.98  # best possible recall below this triggers the evolution

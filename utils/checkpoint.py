@@ -1,11 +1,17 @@
 """Reading and writing model checkpoints.
 
-Reads official YOLOv5 v6.x/v7.0 files (a pickled `DetectionModel` under `ema` or `model`) and our own (a plain
-dict) through `utils.restricted_pickle`, so nothing in the file is executed and the original code is never
-imported. Writes our own format: a plain dict of tensors and basic types, loadable with `weights_only=True`.
+Writes YOLOv5 v7.0's own layout (`model`: the model object in fp16 and eval mode, pickled under the original's
+module paths, plus `epoch`, `best_fitness`, `ema`, `optimizer`, `opt`, `date`), so that YOLOv5's detect.py,
+val.py, export.py and torch.hub open our models; what we need beyond that (class names, architecture,
+activation, training metadata) sits under `ymir`, a key the original ignores.
+
+Reads, through `utils.restricted_pickle` (nothing in the file is executed, the original code is never imported):
+those files, official YOLOv5 v6.x/v7.0 files (a pickled `DetectionModel` under `ema` or `model`), and our earlier
+format (format_version 1: a plain dict with the state_dict, still in users' model stores).
 """
 from __future__ import annotations
 
+import copy
 import datetime
 import inspect
 import io
@@ -25,7 +31,7 @@ from utils.restricted_pickle import PickledObject
 
 LOG = logging.getLogger(__name__)
 FORMAT = "ymir-yolov5"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: a plain dict of our own (read, no longer written); 2: YOLOv5's layout, ours under "ymir"
 
 
 class CheckpointError(Exception):
@@ -113,8 +119,11 @@ def read_checkpoint(path: Union[str, Path]) -> Checkpoint:
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path}: not a checkpoint (a {type(raw).__name__}, not a dict)")
-    if raw.get("format") == FORMAT:
+    if raw.get("format") == FORMAT:  # format_version 1
         return _from_ours(raw, path)
+    ours = raw.get("ymir")
+    if isinstance(ours, dict) and ours.get("format") == FORMAT and isinstance(raw.get("model"), PickledObject):
+        return _from_ours(dict(ours, state_dict=stand_in_state_dict(raw["model"])), path)
     model = raw.get("ema") or raw.get("model")
     if isinstance(model, PickledObject) and isinstance(model.__dict__.get("yaml"), dict):
         yaml_dict = dict(model.__dict__["yaml"])
@@ -167,15 +176,36 @@ def transfer_weights(model: nn.Module, state_dict: Dict[str, torch.Tensor],
     return len(matched), len(own)
 
 
+def yolov5_layout_model(model: DetectionModel, names: List[str], hyp: Optional[dict] = None) -> DetectionModel:
+    """A copy of `model` as YOLOv5's train.py leaves one in a checkpoint: fp16, eval mode, no gradients, names as
+    a dict, `nc` and `hyp` attributes; the Detect head's grids empty (rebuilt for each input size)."""
+    portable = copy.deepcopy(model).eval().half()
+    for p in portable.parameters():
+        p.requires_grad_(False)
+    portable.names = dict(enumerate(names))
+    portable.__dict__["nc"] = len(names)  # an attribute in YOLOv5 (train.py sets it); a property of ours
+    portable.hyp = dict(hyp or {})
+    head = portable.detect
+    head.grid = [torch.empty(0)] * head.nl
+    head.anchor_grid = [torch.empty(0)] * head.nl
+    return portable
+
+
 def save_checkpoint(path: Union[str, Path], model: DetectionModel, names: List[str], epoch: Optional[int] = None,
-                    meta: Optional[dict] = None, half: bool = True) -> None:
-    """Our format: plain types only (loadable with torch.load(weights_only=True))."""
-    state = OrderedDict((k, (v.detach().half() if half and v.is_floating_point() else v.detach()).cpu().clone())
-                        for k, v in model.state_dict().items())
+                    meta: Optional[dict] = None, opt: Optional[dict] = None,
+                    best_fitness: Optional[float] = None) -> None:
+    """YOLOv5 v7.0's checkpoint layout (see the module's doc), written atomically. `meta` (plain types) is ours:
+    training metadata such as the image size and the metrics; `opt` holds the training options under the names
+    of YOLOv5's train.py options, `meta['hyp']` its hyper-parameters."""
+    meta = dict(meta or {})
     payload = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "yaml": model.yaml, "names": list(names),
-        "activation": getattr(model, "activation", DEFAULT_ACTIVATION), "state_dict": state,
-        "epoch": epoch, "meta": dict(meta or {}), "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "epoch": -1 if epoch is None else epoch, "best_fitness": best_fitness,
+        "model": yolov5_layout_model(model, names, meta.get("hyp")), "ema": None, "updates": None,
+        "optimizer": None, "opt": dict(opt or {}), "git": None,
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "ymir": {"format": FORMAT, "format_version": FORMAT_VERSION, "yaml": copy.deepcopy(model.yaml),
+                 "names": list(names), "activation": getattr(model, "activation", DEFAULT_ACTIVATION),
+                 "epoch": epoch, "meta": meta},
     }
     tmp = Path(str(path) + ".tmp")
     buffer = io.BytesIO()  # serialised in memory: torch 1.10's file writer aborts the process on a full disk

@@ -6,7 +6,7 @@ from typing import Dict, List, Tuple
 import torch
 import torch.nn as nn
 
-from models.detect import Detect
+from models.yolo import Detect
 from utils.boxes import ciou
 
 LEVEL_BALANCE = {3: [4.0, 1.0, 0.4]}  # objectness weight per level; P6 models use the longer default

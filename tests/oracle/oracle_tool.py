@@ -233,8 +233,48 @@ def train_steps(io_path, cfg, nc):
     return {"steps": len(losses)}
 
 
+def use_checkpoint(ckpt_path, io_path, data_yaml, out_dir):
+    """What a YOLOv5 user does with a checkpoint file, with the original's own functions: load it
+    (attempt_load, as detect.py and val.py do), predict on IO's `input` batch (adds `decoded` and `detections`,
+    its NMS as val.py runs it: conf 0.001, IoU 0.6, 300 per image), open it as torch.hub would (yolov5.load:
+    DetectMultiBackend + AutoShape), validate it on DATA_YAML (val.py) and export it to ONNX (export.py).
+
+    Run in a process of its own where only the original is importable: `models` must resolve to its package."""
+    import functools
+    import importlib.util
+    import inspect
+
+    import numpy as np
+    import yolov5.export
+    import yolov5.val
+    from yolov5.models.experimental import attempt_load
+    from yolov5.utils.general import non_max_suppression
+
+    model = attempt_load(ckpt_path, device="cpu")
+    loaded_from = sys.modules[type(model).__module__].__file__
+    assert loaded_from.startswith(str(Path(yolov5.__file__).parent)), loaded_from
+    assert importlib.util.find_spec("ymir") is None, "the product is importable in the original's process"
+    io = torch.load(io_path, weights_only=True)
+    with torch.no_grad():
+        io["decoded"] = model(io["input"])[0]
+    io["detections"] = non_max_suppression(io["decoded"].clone(), 0.001, 0.6, max_det=300)  # as val.py
+    torch.save(io, io_path)
+    hub_model = yolov5.load(ckpt_path, device="cpu")
+    hub_boxes = len(hub_model(np.zeros((64, 64, 3), np.uint8), size=64).xyxy[0])
+    size = int(io["input"].shape[-1])
+    validation = yolov5.val.run(data=data_yaml, weights=ckpt_path, batch_size=4, imgsz=size, device="cpu",
+                                workers=0, plots=False, project=out_dir, name="val", exist_ok=True)
+    map50, map50_95 = validation[0][2:4]  # (mp, mr, map50, map, losses...), per-class maps, times
+    if "dynamo" in inspect.signature(torch.onnx.export).parameters:  # torch >= 2.9 defaults to the dynamo
+        legacy = torch.onnx.export  # exporter, which YOLOv5 v7.0 predates (as it predates weights-only loading)
+        torch.onnx.export = functools.partial(legacy, dynamo=False)
+    exported = yolov5.export.run(weights=ckpt_path, include=("onnx",), imgsz=(size, size), device="cpu")
+    return {"classes": model.names, "stride": model.stride.tolist(), "hub_boxes": hub_boxes,
+            "map50": float(map50), "map50_95": float(map50_95), "onnx": [str(f) for f in exported if f]}
+
+
 COMMANDS = {"loss": loss, "metrics": metrics, "keys": keys, "checkpoint": checkpoint, "nms": nms,
-            "letterbox": letterbox, "train_steps": train_steps}
+            "letterbox": letterbox, "train_steps": train_steps, "use_checkpoint": use_checkpoint}
 
 def serve():
     """One JSON list [command, *args] per input line -> one JSON result per output line (imports paid once)."""

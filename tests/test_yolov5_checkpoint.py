@@ -1,0 +1,87 @@
+"""A stage trained here is a YOLOv5 v7.0 checkpoint: the original opens it with its own functions (detect.py's
+loading, torch.hub's, val.py, export.py) in a process that cannot import our code, and predicts what we predict."""
+import json
+import os
+import subprocess
+
+import numpy as np
+import onnxruntime
+import torch
+import yaml
+
+from tests.helpers import REPO, run_start
+from utils.checkpoint import build_model, load_plain, read_checkpoint
+from utils.inference import Detector, LetterboxedImages, collate
+from utils.nms import non_max_suppression
+from ymir.demo import CLASS_NAMES, make_workdir
+
+ORACLE_PYTHON = REPO / ".venvs" / "oracle" / "bin" / "python"
+ORACLE_TOOL = REPO / "tests" / "oracle" / "oracle_tool.py"
+IMG_SIZE = 64
+SIDE = 96  # the generated images' width and height
+
+
+def yolo_dataset(work, root):
+    """The task's validation split in YOLO's layout (images/, labels/ with cx cy w h fractions) and its yaml."""
+    for sub in ("images", "labels"):
+        (root / sub).mkdir(parents=True)
+    for line in (work / "in" / "val-index.tsv").read_text().splitlines():
+        image, annotation = (work / "in" / p[len("/in/"):] for p in line.split("\t"))
+        (root / "images" / image.name).write_bytes(image.read_bytes())
+        rows = []
+        for c, x1, y1, x2, y2 in (map(int, row.split(",")[:5]) for row in annotation.read_text().splitlines()):
+            rows.append(f"{c} {(x1 + x2 + 1) / 2 / SIDE:.6f} {(y1 + y2 + 1) / 2 / SIDE:.6f} "
+                        f"{(x2 - x1 + 1) / SIDE:.6f} {(y2 - y1 + 1) / SIDE:.6f}\n")
+        (root / "labels" / f"{image.stem}.txt").write_text("".join(rows))
+    data = root / "data.yaml"
+    data.write_text(yaml.safe_dump({"path": str(root), "train": "images", "val": "images",
+                                    "names": dict(enumerate(CLASS_NAMES))}))
+    return data, sorted((root / "images").iterdir())
+
+
+def test_a_trained_stage_is_used_by_the_original_yolov5_as_its_own(tmp_path):
+    work = make_workdir(tmp_path / "task", "training", num_train=32, num_val=8, image_size=(SIDE, SIDE), seed=3,
+                        config={"epochs": 3, "img_size": IMG_SIZE, "batch_size_per_gpu": 8, "model": "yolov5n",
+                                "args_options": "--hyp warmup_epochs=0 mosaic=0 lr0=0.02"})
+    trained = run_start(work)
+    assert trained.returncode == 0, trained.output[-3000:]
+    weights = work / "out" / "models" / "best" / "best.pt"
+    data, images = yolo_dataset(work, tmp_path / "yolo")
+    batch, _ = collate([LetterboxedImages(images, IMG_SIZE)[i] for i in range(len(images))])
+    io_path = tmp_path / "io.pt"
+    torch.save({"input": batch.float() / 255}, io_path)
+
+    # the original, alone: isolated mode (no PYTHONPATH, no script folder on sys.path), started elsewhere;
+    # torch >= 2.6 refuses every YOLOv5 checkpoint (official ones too) unless told to unpickle its classes
+    env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
+    proc = subprocess.run([str(ORACLE_PYTHON), "-I", str(ORACLE_TOOL), "use_checkpoint", str(weights), str(io_path),
+                           str(data), str(tmp_path / "runs")], capture_output=True, text=True, timeout=600,
+                          cwd=str(tmp_path), env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    answer = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert answer["classes"] == {str(i): n for i, n in enumerate(CLASS_NAMES)}
+    assert answer["stride"] == [8.0, 16.0, 32.0] and answer["hub_boxes"] >= 0
+
+    # our loader, the product's path: same outputs for the same file
+    theirs = load_plain(io_path)
+    ours, _ = Detector(build_model(read_checkpoint(weights)), torch.device("cpu"))(batch)
+    assert ((ours - theirs["decoded"]).abs() / (1 + theirs["decoded"].abs())).max() < 1e-4
+    our_dets = non_max_suppression(ours, 0.001, 0.6, max_det=300)
+    assert sum(len(d) for d in our_dets) > 0
+    for mine, other in zip(our_dets, theirs["detections"]):
+        assert len(mine) == len(other)
+        for row in mine:  # the same boxes, in whatever order scores that differ by rounding put them
+            close = ((other[:, :4] - row[:4]).abs().max(1).values < 1e-3) & ((other[:, 4] - row[4]).abs() < 1e-4) \
+                & (other[:, 5] == row[5])
+            assert close.any(), row
+
+    # val.py ran on it (its mAP, from fp16 weights, next to ours from the fp32 EMA at training time)
+    result = yaml.safe_load((work / "out" / "models" / "result.yaml").read_text())
+    assert 0 <= answer["map50"] <= 1 and np.isfinite(answer["map50_95"])
+    print("mAP@0.5 original val.py", answer["map50"], "ours", result["model_stages"]["best"]["mAP"])
+    # export.py's ONNX (batch 1, its default) gives what we predict
+    (onnx_file,) = answer["onnx"]
+    session = onnxruntime.InferenceSession(onnx_file, providers=["CPUExecutionProvider"])
+    (exported, *_) = session.run(None, {session.get_inputs()[0].name: batch[:1].float().numpy() / 255})
+    assert exported.shape == tuple(ours[:1].shape)
+    assert (np.abs(exported - ours[:1].numpy()) / (1 + np.abs(ours[:1].numpy()))).max() < 1e-3
