@@ -34,6 +34,8 @@ def test_training_writes_stages_the_platform_packs(tmp_path):
     assert ckpt.names == list(CLASS_NAMES) and ckpt.epoch in (1, 2)
     stored = load_trusted(out / "models" / "best" / "best.pt")
     assert stored["ymir"]["format_version"] == 2 and stored["ema"] is None  # YOLOv5's own layout
+    assert stored["opt"]["epochs"] == 2 and stored["opt"]["imgsz"] == 96 and stored["model"].hyp["lr0"] > 0
+    assert stored["best_fitness"] == pytest.approx(ckpt.meta["metrics"]["mAP"])
     assert all(v.dtype == torch.float16 for v in stored["model"].state_dict().values() if v.is_floating_point())
     assert sum(ckpt.meta["class_histogram"]) > 0
     for version in ("2.0.0", "2.3.0"):

@@ -179,6 +179,16 @@ def _architecture_name(arch: dict) -> Optional[str]:
     return None
 
 
+def yolov5_options(cfg: TrainingConfig, options: TrainOptions, img_size: int) -> dict:
+    """The training settings under the names of YOLOv5 train.py's options, as its checkpoints keep them (`opt`)."""
+    return {"cfg": f"{cfg.model}.yaml", "epochs": cfg.epochs, "batch_size": cfg.batch_size_per_gpu, "imgsz": img_size,
+            "optimizer": options.optimizer, "cos_lr": options.cos_lr, "label_smoothing": options.label_smoothing,
+            "multi_scale": options.multi_scale, "single_cls": options.single_cls, "rect": options.rect,
+            "cache": options.cache, "freeze": [options.freeze], "patience": options.patience, "seed": options.seed,
+            "noautoanchor": not options.autoanchor, "image_weights": options.image_weights, "sync_bn": cfg.sync_bn,
+            "workers": cfg.num_workers_per_gpu}
+
+
 class StageSaver:
     """Writes the `best` stage as soon as a new best appears, and `epoch_N` stages every save_period epochs.
 
@@ -193,6 +203,7 @@ class StageSaver:
         self.cfg, self.names, self.img_size = cfg, names, img_size
         self.meta = {"img_size": img_size, "class_histogram": histogram, "hyp": dict(options.hyp),
                      "model": cfg.model}
+        self.opt = yolov5_options(cfg, options, img_size)
         self.patterns = [re.compile(p) for p in cfg.saved_file_patterns]
         self.best: Optional[Tuple[int, DetectionMetrics]] = None
         self.best_has_onnx = False
@@ -218,7 +229,8 @@ class StageSaver:
                             timestamp=listed.timestamp)
         (folder / f"{stem}.onnx").unlink(missing_ok=True)
         meta = dict(self.meta, epoch=epoch + 1, metrics=self.metrics(m))
-        save_checkpoint(folder / f"{stem}.pt", model, self.names, epoch=epoch + 1, meta=meta)
+        save_checkpoint(folder / f"{stem}.pt", model, self.names, epoch=epoch + 1, meta=meta, opt=self.opt,
+                        best_fitness=float(m.map50))  # what "best" means here (a float, as YOLOv5 keeps it)
         self.writer.add(stage, self._keep([f"{stem}.pt"]), self.metrics(m), best=best, timestamp=int(time.time()))
         return onnx and self._add_onnx(stage, stem, model, m, best)
 
