@@ -13,6 +13,7 @@ import traceback
 from pathlib import Path
 from typing import List, Optional
 
+from utils.dist import is_main_process
 from utils.malloc import keep_freed_memory
 from ymir.config import load_config
 from ymir.console_log import ConsoleCopy
@@ -88,8 +89,7 @@ def console_copy(mapper: PathMapper):
 
 def run_task(mapper: PathMapper) -> int:
     # under torchrun only rank 0 reports progress
-    monitor = Monitor(mapper.output.monitor_file, task_id="unknown-task",
-                      enabled=int(os.environ.get("RANK", 0)) == 0)
+    monitor = Monitor(mapper.output.monitor_file, task_id="unknown-task", enabled=is_main_process())
     try:
         env = load_env(mapper)
         monitor.task_id = env.task_id

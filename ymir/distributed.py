@@ -8,17 +8,14 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-from typing import Iterator, Sequence, Tuple
+from typing import Iterator, Sequence
 
 import torch
 import torch.distributed as dist
 
+from utils.dist import rank_and_world
+
 CPU_PROCESSES_ENV = "YMIR_CPU_PROCESSES"  # CPU runs: this many processes (gloo); used by tests and benchmarks
-
-
-def rank_and_world() -> Tuple[int, int]:
-    """(rank, world size) from torchrun's environment; (0, 1) in a plain process."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 def wanted_processes(gpu_ids: Sequence[int]) -> int:

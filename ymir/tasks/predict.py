@@ -19,12 +19,13 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
 from utils.checkpoint import CheckpointError, build_model
+from utils.dist import rank_and_world
 from utils.inference import LetterboxedImages, collate, detect, in_original_pixels, make_detector
 from utils.progress import ProgressLine
 from ymir.context import TaskContext
 from ymir.dataset import read_candidates
 from ymir.devices import select_device
-from ymir.distributed import needs_launch, process_group, rank_and_world, wanted_processes
+from ymir.distributed import needs_launch, process_group, wanted_processes
 from ymir.errors import ConfigError, DatasetError, ModelError
 from ymir.launch import run_distributed
 from ymir.mining import UNREADABLE_SCORE

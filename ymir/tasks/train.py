@@ -21,6 +21,7 @@ from utils.checkpoint import (
     save_checkpoint,
     transfer_weights,
 )
+from utils.dist import rank_and_world
 from utils.export import ExportError, export_onnx, max_onnx_opset
 from utils.metrics import DetectionMetrics
 from utils.train_data import class_histogram
@@ -30,7 +31,7 @@ from ymir.config import TrainingConfig
 from ymir.context import TaskContext
 from ymir.dataset import read_split
 from ymir.devices import select_device
-from ymir.distributed import needs_launch, process_group, rank_and_world, wanted_processes
+from ymir.distributed import needs_launch, process_group, wanted_processes
 from ymir.errors import ConfigError, DatasetError, ModelError, NanLossError
 from ymir.launch import run_distributed
 from ymir.results import ModelStageWriter

@@ -1,0 +1,19 @@
+"""Which process of a distributed run this is: asked of torch.distributed once its process group exists, of
+torchrun's environment before that (and (0, 1) in a plain process)."""
+from __future__ import annotations
+
+import os
+from typing import Tuple
+
+import torch.distributed as dist
+
+
+def rank_and_world() -> Tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def is_main_process() -> bool:
+    """Rank 0: the one process that validates, saves and reports."""
+    return rank_and_world()[0] == 0
