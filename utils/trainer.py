@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import random
 import time
 import warnings
@@ -22,6 +21,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from models.yolo import DetectionModel
 from utils.autoanchor import check_anchors
+from utils.dist import rank_and_world
 from utils.hyperparameters import NOMINAL_BATCH
 from utils.image_weights import ImageWeightedSampler, class_weights, epoch_class_weights, image_weights
 from utils.loss import YoloLoss
@@ -89,167 +89,236 @@ def grad_scaler(enabled: bool):
     return torch.cuda.amp.GradScaler(enabled=enabled)
 
 
-def distributed() -> tuple:
-    """(rank, world size) from torchrun's environment."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+def scaled_hyp(hyp: Dict[str, float], nc: int, nl: int, img_size: int) -> Dict[str, float]:
+    """YOLOv5's loss gains scale with the number of levels, of classes and with the image size."""
+    hyp = dict(hyp)
+    hyp["box"] *= 3 / nl
+    hyp["cls"] *= nc / 80 * 3 / nl
+    hyp["obj"] *= (img_size / 640) ** 2 * 3 / nl
+    return hyp
 
 
 def train(model: DetectionModel, train_samples: Sequence, val_samples: Sequence, s: TrainSettings,
           on_epoch: Callable[[EpochReport, DetectionMetrics, nn.Module], bool],
           on_progress: Callable[[float], None] = lambda f: None) -> None:
     """Train `model` in place. `on_epoch(report, best, ema_model)` runs on rank 0 and returns False to stop."""
-    rank, world = distributed()
-    seed_everything(s.seed + rank)
-    device, hyp = s.device, dict(s.hyp)
-    nc, nl = model.nc, model.detect.nl
-    gs = model.image_size_step
-    hyp["box"] *= 3 / nl  # loss gains scale with levels, classes and image size
-    hyp["cls"] *= nc / 80 * 3 / nl
-    hyp["obj"] *= (s.img_size / 640) ** 2 * 3 / nl
-    for name, p in model.named_parameters():
-        p.requires_grad_(not any(name.startswith(f"model.{i}.") for i in range(s.freeze)))
-    if s.autoanchor and rank == 0:
-        check_anchors(model.detect, train_samples, s.img_size, hyp["anchor_t"], seed=s.seed)
-    # channels-last (NHWC) weights and images: 1.1-1.2x faster training steps on CPU (oneDNN) and on GPU (cuDNN)
-    model.to(device).to(memory_format=torch.channels_last)
-    if world > 1:
-        for buffer_holder in (model.detect,):
-            dist.broadcast(buffer_holder.anchors, 0)  # AutoAnchor ran on rank 0 only
+    Trainer(model, s, on_epoch, on_progress).run(train_samples, val_samples)
 
-    train_set = TrainImages(train_samples, s.img_size, hyp, augment=not s.rect, seed=s.seed, single_cls=s.single_cls,
-                            rect=s.rect, batch_size=s.batch_size, stride=gs)
-    if s.cache:
-        train_set.images.cache = {}
-    if s.image_weights:
-        sampler = ImageWeightedSampler(len(train_set), s.seed, rank, world)
-        base_class_weights = class_weights(train_set.samples, nc)
-        per_class_map = None
-    else:
-        sampler = DistributedSampler(train_set, shuffle=True, seed=s.seed) if world > 1 else None
-    generator = torch.Generator().manual_seed(s.seed + rank)
-    train_loader = DataLoader(train_set, batch_size=s.batch_size, shuffle=sampler is None and not s.rect,
-                              sampler=sampler, num_workers=s.workers, collate_fn=collate_train, generator=generator,
-                              pin_memory=device.type == "cuda", drop_last=False,
-                              persistent_workers=False)
-    val_loader = DataLoader(ValImages(val_samples, s.img_size, s.batch_size * 2, gs, s.single_cls),
-                            batch_size=s.batch_size * 2, shuffle=False, num_workers=s.workers,
-                            collate_fn=collate_val) if rank == 0 else None
 
-    accumulate = max(round(NOMINAL_BATCH / (s.batch_size * world)), 1)
-    hyp["weight_decay"] *= s.batch_size * world * accumulate / NOMINAL_BATCH
-    optimizer = build_optimizer(model, s.optimizer, hyp["lr0"], hyp["momentum"], hyp["weight_decay"])
-    lf = lr_lambda(s.epochs, hyp["lrf"], s.cos_lr)
-    scheduler = build_scheduler(optimizer, lf)
-    if world > 1 and s.sync_bn and device.type == "cuda":
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    ema = ModelEMA(model) if rank == 0 else None
-    net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
-        if world > 1 else model
-    loss_fn = YoloLoss(unwrap(net).detect, hyp)
-    amp = device.type == "cuda"
-    scaler = grad_scaler(amp)
+class Trainer:
+    """One training run, in the steps YOLOX names: before_train (data, optimisation, wrappers), then per epoch
+    train_one_epoch (train_one_iter per batch) and after_epoch (schedule, validation, report, early stop)."""
 
-    nb = len(train_loader)
-    # at least 100 warmup batches, as YOLOv5; warmup_epochs=0 turns warmup off
-    warmup_steps = max(round(hyp["warmup_epochs"] * nb), MIN_WARMUP_STEPS) if hyp["warmup_epochs"] > 0 else -1
-    if warmup_steps < 0 and nb * s.epochs < accumulate:
-        LOG.warning("gradients accumulate over %d batches (nominal batch %d) before each optimizer step, and this "
-                    "run has %d batches in all: the weights will not change. Train more epochs, raise "
-                    "batch_size_per_gpu, or keep warmup on (it steps every batch at first)", accumulate,
-                    NOMINAL_BATCH, nb * s.epochs)
-    val_batches = len(val_loader) if val_loader is not None else 0
-    work_per_epoch = nb + val_batches
-    last_step, best = -1, None
-    best_epoch, stop = 0, False
-    run_started = time.time()
-    for epoch in range(s.epochs):
-        started = time.time()
-        net.train()
-        train_set.epoch = epoch
+    def __init__(self, model: DetectionModel, s: TrainSettings,
+                 on_epoch: Callable[[EpochReport, DetectionMetrics, nn.Module], bool],
+                 on_progress: Callable[[float], None]):
+        self.model, self.s, self.on_epoch, self.on_progress = model, s, on_epoch, on_progress
+        self.rank, self.world = rank_and_world()
+        self.device = s.device
+        self.hyp = scaled_hyp(s.hyp, model.nc, model.detect.nl, s.img_size)
+        self.last_step, self.best, self.best_epoch = -1, None, 0
+
+    def run(self, train_samples: Sequence, val_samples: Sequence) -> None:
+        self.before_train(train_samples, val_samples)
+        for epoch in range(self.s.epochs):
+            started = time.time()
+            losses, lrs, examples = self.train_one_epoch(epoch)
+            if self.after_epoch(epoch, losses, lrs, examples, started):
+                break
+
+    # ---- before_train -------------------------------------------------------------------------------------------
+
+    def before_train(self, train_samples: Sequence, val_samples: Sequence) -> None:
+        s, model = self.s, self.model
+        seed_everything(s.seed + self.rank)
+        for name, p in model.named_parameters():
+            p.requires_grad_(not any(name.startswith(f"model.{i}.") for i in range(s.freeze)))
+        if s.autoanchor and self.rank == 0:
+            check_anchors(model.detect, train_samples, s.img_size, self.hyp["anchor_t"], seed=s.seed)
+        # channels-last (NHWC) weights and images: 1.1-1.2x faster training steps on CPU (oneDNN) and GPU (cuDNN)
+        model.to(self.device).to(memory_format=torch.channels_last)
+        if self.world > 1:
+            dist.broadcast(model.detect.anchors, 0)  # AutoAnchor ran on rank 0 only
+        self.build_loaders(train_samples, val_samples)
+        self.build_optimization()
+        self.wrap_model()
+        self.nb = len(self.train_loader)
+        # at least 100 warmup batches, as YOLOv5; warmup_epochs=0 turns warmup off
+        self.warmup_steps = max(round(self.hyp["warmup_epochs"] * self.nb), MIN_WARMUP_STEPS) \
+            if self.hyp["warmup_epochs"] > 0 else -1
+        if self.warmup_steps < 0 and self.nb * s.epochs < self.accumulate:
+            LOG.warning("gradients accumulate over %d batches (nominal batch %d) before each optimizer step, and this "
+                        "run has %d batches in all: the weights will not change. Train more epochs, raise "
+                        "batch_size_per_gpu, or keep warmup on (it steps every batch at first)", self.accumulate,
+                        NOMINAL_BATCH, self.nb * s.epochs)
+        self.val_batches = len(self.val_loader) if self.val_loader is not None else 0
+        self.work_per_epoch = self.nb + self.val_batches
+        self.run_started = time.time()
+
+    def build_loaders(self, train_samples: Sequence, val_samples: Sequence) -> None:
+        s, gs = self.s, self.model.image_size_step
+        self.train_set = TrainImages(train_samples, s.img_size, self.hyp, augment=not s.rect, seed=s.seed,
+                                     single_cls=s.single_cls, rect=s.rect, batch_size=s.batch_size, stride=gs)
+        if s.cache:
+            self.train_set.images.cache = {}
         if s.image_weights:
-            weights = torch.from_numpy(image_weights(train_set.samples,
-                                                     epoch_class_weights(base_class_weights, per_class_map)))
-            if world > 1:  # rank 0 validated; every rank draws from its weights
-                weights = weights.to(device)
-                dist.broadcast(weights, 0)
-            sampler.set_weights(weights.cpu().numpy())
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        mean_losses = torch.zeros(3, device=device)
-        optimizer.zero_grad()
-        train_examples = []
-        line = ProgressLine(f"epoch {epoch + 1}/{s.epochs}: batch", nb) if rank == 0 else None
-        for i, (images, targets) in enumerate(train_loader):
-            step = i + nb * epoch
-            images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last).float() / 255
-            if step <= warmup_steps:
-                accumulate = warmup_accumulation(step, warmup_steps, NOMINAL_BATCH, s.batch_size * world)
-                warmup(optimizer, step, warmup_steps, epoch, lf, hyp)
-            if s.multi_scale:
-                size = random.randrange(int(s.img_size * 0.5), int(s.img_size * 1.5) + gs) // gs * gs
-                factor = size / max(images.shape[2:])
-                if factor != 1:
-                    new_shape = [math.ceil(x * factor / gs) * gs for x in images.shape[2:]]
-                    images = nn.functional.interpolate(images, size=new_shape, mode="bilinear", align_corners=False)
-            if epoch == 0 and i < 2 and rank == 0:
-                train_examples.append((images[:4].detach().cpu(), targets.clone()))
-            with torch.autocast(device_type=device.type, enabled=amp):
-                preds = net(images)
-                loss, items = loss_fn(preds, targets.to(device))
-                loss = loss * world
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(f"the training loss became {loss.item()} at epoch {epoch + 1}, batch {i + 1}")
-            scaler.scale(loss).backward()
-            if step - last_step >= accumulate:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(net.parameters(), max_norm=MAX_GRAD_NORM)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad()
-                if ema:
-                    ema.update(net)
-                last_step = step
+            self.sampler = ImageWeightedSampler(len(self.train_set), s.seed, self.rank, self.world)
+            self.base_class_weights = class_weights(self.train_set.samples, self.model.nc)
+            self.per_class_map = None
+        else:
+            self.sampler = DistributedSampler(self.train_set, shuffle=True, seed=s.seed) if self.world > 1 else None
+        generator = torch.Generator().manual_seed(s.seed + self.rank)
+        self.train_loader = DataLoader(self.train_set, batch_size=s.batch_size,
+                                       shuffle=self.sampler is None and not s.rect, sampler=self.sampler,
+                                       num_workers=s.workers, collate_fn=collate_train, generator=generator,
+                                       pin_memory=self.device.type == "cuda", drop_last=False,
+                                       persistent_workers=False)
+        self.val_loader = DataLoader(ValImages(val_samples, s.img_size, s.batch_size * 2, gs, s.single_cls),
+                                     batch_size=s.batch_size * 2, shuffle=False, num_workers=s.workers,
+                                     collate_fn=collate_val) if self.rank == 0 else None
+
+    def build_optimization(self) -> None:
+        s, hyp = self.s, self.hyp
+        self.accumulate = max(round(NOMINAL_BATCH / (s.batch_size * self.world)), 1)
+        hyp["weight_decay"] *= s.batch_size * self.world * self.accumulate / NOMINAL_BATCH
+        self.optimizer = build_optimizer(self.model, s.optimizer, hyp["lr0"], hyp["momentum"], hyp["weight_decay"])
+        self.lf = lr_lambda(s.epochs, hyp["lrf"], s.cos_lr)
+        self.scheduler = build_scheduler(self.optimizer, self.lf)
+
+    def wrap_model(self) -> None:
+        """SyncBN and DDP across processes, the EMA on rank 0, the loss, and AMP's scaler on CUDA."""
+        model, cuda = self.model, self.device.type == "cuda"
+        if self.world > 1 and self.s.sync_bn and cuda:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.ema = ModelEMA(model) if self.rank == 0 else None
+        self.net = nn.parallel.DistributedDataParallel(model, device_ids=[self.device] if cuda else None) \
+            if self.world > 1 else model
+        self.loss_fn = YoloLoss(unwrap(self.net).detect, self.hyp)
+        self.amp = cuda
+        self.scaler = grad_scaler(self.amp)
+
+    # ---- one epoch ----------------------------------------------------------------------------------------------
+
+    def train_one_epoch(self, epoch: int):
+        """Returns the epoch's mean losses (box, obj, cls), its learning rates and a few training batches."""
+        s = self.s
+        self.net.train()
+        self.train_set.epoch = epoch
+        if s.image_weights:
+            self.draw_by_image_weights()
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+        mean_losses = torch.zeros(3, device=self.device)
+        self.optimizer.zero_grad()
+        examples: list = []
+        line = ProgressLine(f"epoch {epoch + 1}/{s.epochs}: batch", self.nb) if self.rank == 0 else None
+        for i, (images, targets) in enumerate(self.train_loader):
+            items, batch = self.train_one_iter(epoch, i, images, targets, examples)
             mean_losses = (mean_losses * i + items) / (i + 1)
-            on_progress((epoch * work_per_epoch + i + 1) / (s.epochs * work_per_epoch))
+            self.on_progress((epoch * self.work_per_epoch + i + 1) / (s.epochs * self.work_per_epoch))
             if line is not None:
-                done = (epoch * nb + i + 1) / (s.epochs * nb)
-                line.update(i + 1, images.shape[0] * world,
+                done = (epoch * self.nb + i + 1) / (s.epochs * self.nb)
+                line.update(i + 1, batch * self.world,
                             detail=lambda m=mean_losses: "loss box {:.4f} obj {:.4f} cls {:.4f}".format(*m.tolist()),
-                            eta_total=lambda d=done: (time.time() - run_started) / d * (1 - d))
-        lrs = [g["lr"] for g in optimizer.param_groups]
+                            eta_total=lambda d=done: (time.time() - self.run_started) / d * (1 - d))
+        lrs = [g["lr"] for g in self.optimizer.param_groups]
         with warnings.catch_warnings():  # an epoch without an optimizer step (gradient accumulation) is expected
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
-            scheduler.step()
-        if rank == 0:
-            def val_progress(f, _e=epoch):
-                on_progress((_e * work_per_epoch + nb + f * val_batches) / (s.epochs * work_per_epoch))
+            self.scheduler.step()
+        return mean_losses, lrs, examples
 
-            half = device.type == "cuda"
-            eval_model = ema.ema.half() if half else ema.ema
-            metrics, confusion, examples = validate(eval_model, val_loader, device, nc, half=half,
-                                                    progress=val_progress, keep_predictions=4 if epoch == 0 or
-                                                    epoch == s.epochs - 1 else 0)
-            ema.ema.float()
-            if s.image_weights:
-                per_class_map = np.full(nc, metrics.map50_95)
-                if metrics.per_class is not None:
-                    per_class_map[metrics.per_class.classes.astype(int)] = metrics.per_class.ap.mean(1)
-            improved = best is None or metrics.fitness > best.fitness
-            if improved:
-                best, best_epoch = metrics, epoch
-            LOG.info("epoch %d/%d  loss box %.4f obj %.4f cls %.4f  %s%s  (%.1fs)", epoch + 1, s.epochs,
-                     *mean_losses.tolist(), summary_line(metrics), "  (best)" if improved else "",
-                     time.time() - started)
-            report = EpochReport(epoch, mean_losses.tolist(), lrs, metrics, improved, time.time() - started,
-                                 confusion.matrix, examples, train_examples)
-            keep_going = on_epoch(report, best, ema.ema)
-            if epoch - best_epoch >= s.patience:
-                LOG.info("early stop: no better mAP for %d epochs (best at epoch %d)", s.patience, best_epoch + 1)
-                keep_going = False
-            stop = not keep_going
-        if world > 1:
-            flag = torch.tensor([1 if stop else 0], device=device)
+    def draw_by_image_weights(self) -> None:
+        """--image-weights: this epoch's draw follows each image's share of the classes still poorly learnt."""
+        weights = torch.from_numpy(image_weights(self.train_set.samples,
+                                                 epoch_class_weights(self.base_class_weights, self.per_class_map)))
+        if self.world > 1:  # rank 0 validated; every rank draws from its weights
+            weights = weights.to(self.device)
+            dist.broadcast(weights, 0)
+        self.sampler.set_weights(weights.cpu().numpy())
+
+    def train_one_iter(self, epoch: int, i: int, images: torch.Tensor, targets: torch.Tensor, examples: list):
+        """Forward, loss, backward and (when due) an optimizer step; returns the loss items and the batch size."""
+        step = i + self.nb * epoch
+        images = images.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last).float() / 255
+        if step <= self.warmup_steps:
+            self.accumulate = warmup_accumulation(step, self.warmup_steps, NOMINAL_BATCH,
+                                                  self.s.batch_size * self.world)
+            warmup(self.optimizer, step, self.warmup_steps, epoch, self.lf, self.hyp)
+        if self.s.multi_scale:
+            images = self.rescale(images)
+        if epoch == 0 and i < 2 and self.rank == 0:
+            examples.append((images[:4].detach().cpu(), targets.clone()))
+        with torch.autocast(device_type=self.device.type, enabled=self.amp):
+            preds = self.net(images)
+            loss, items = self.loss_fn(preds, targets.to(self.device))
+            loss = loss * self.world
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"the training loss became {loss.item()} at epoch {epoch + 1}, batch {i + 1}")
+        self.scaler.scale(loss).backward()
+        if step - self.last_step >= self.accumulate:
+            self.optimizer_step()
+            self.last_step = step
+        return items, images.shape[0]
+
+    def rescale(self, images: torch.Tensor) -> torch.Tensor:
+        """--multi-scale: a random size from 0.5x to 1.5x img_size, in steps of the largest stride."""
+        gs, size = self.model.image_size_step, self.s.img_size
+        target = random.randrange(int(size * 0.5), int(size * 1.5) + gs) // gs * gs
+        factor = target / max(images.shape[2:])
+        if factor == 1:
+            return images
+        new_shape = [math.ceil(x * factor / gs) * gs for x in images.shape[2:]]
+        return nn.functional.interpolate(images, size=new_shape, mode="bilinear", align_corners=False)
+
+    def optimizer_step(self) -> None:
+        self.scaler.unscale_(self.optimizer)
+        nn.utils.clip_grad_norm_(self.net.parameters(), max_norm=MAX_GRAD_NORM)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad()
+        if self.ema:
+            self.ema.update(self.net)
+
+    # ---- after_epoch --------------------------------------------------------------------------------------------
+
+    def after_epoch(self, epoch: int, losses: torch.Tensor, lrs: List[float], examples: list,
+                    started: float) -> bool:
+        """Validate and report on rank 0; returns whether training stops (the same answer on every rank)."""
+        stop = False
+        if self.rank == 0:
+            stop = not self.validate_and_report(epoch, losses, lrs, examples, started)
+        if self.world > 1:
+            flag = torch.tensor([1 if stop else 0], device=self.device)
             dist.broadcast(flag, 0)
             stop = bool(flag.item())
-        if stop:
-            break
+        return stop
+
+    def validate_and_report(self, epoch: int, losses: torch.Tensor, lrs: List[float], train_examples: list,
+                            started: float) -> bool:
+        s, work = self.s, self.work_per_epoch
+
+        def val_progress(f):
+            self.on_progress((epoch * work + self.nb + f * self.val_batches) / (s.epochs * work))
+
+        half = self.device.type == "cuda"
+        eval_model = self.ema.ema.half() if half else self.ema.ema
+        metrics, confusion, examples = validate(eval_model, self.val_loader, self.device, self.model.nc, half=half,
+                                                progress=val_progress, keep_predictions=4 if epoch == 0 or
+                                                epoch == s.epochs - 1 else 0)
+        self.ema.ema.float()
+        if s.image_weights:
+            self.per_class_map = np.full(self.model.nc, metrics.map50_95)
+            if metrics.per_class is not None:
+                self.per_class_map[metrics.per_class.classes.astype(int)] = metrics.per_class.ap.mean(1)
+        improved = self.best is None or metrics.fitness > self.best.fitness
+        if improved:
+            self.best, self.best_epoch = metrics, epoch
+        LOG.info("epoch %d/%d  loss box %.4f obj %.4f cls %.4f  %s%s  (%.1fs)", epoch + 1, s.epochs, *losses.tolist(),
+                 summary_line(metrics), "  (best)" if improved else "", time.time() - started)
+        report = EpochReport(epoch, losses.tolist(), lrs, metrics, improved, time.time() - started,
+                             confusion.matrix, examples, train_examples)
+        keep_going = self.on_epoch(report, self.best, self.ema.ema)
+        if epoch - self.best_epoch >= s.patience:
+            LOG.info("early stop: no better mAP for %d epochs (best at epoch %d)", s.patience, self.best_epoch + 1)
+            keep_going = False
+        return keep_going
