@@ -10,23 +10,19 @@ ymir.mining.aldd.LEVEL_POWER).
                                              [--powers 0,1,2,3]
 """
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+from mining_eval import spearman
+from mining_pool import draw
+
+from utils.checkpoint import build_model, read_checkpoint
+from utils.inference import LetterboxedImages, collate, make_detector
+from ymir.mining.aldd import LEVEL_POWER, aldd_scores_input, aldd_scores_native, class_weights
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-
-from mining_eval import spearman  # noqa: E402
-from mining_pool import draw  # noqa: E402
-
-from utils.checkpoint import build_model, read_checkpoint  # noqa: E402
-from utils.inference import LetterboxedImages, collate, make_detector  # noqa: E402
-from ymir.mining.aldd import LEVEL_POWER, aldd_scores_input, aldd_scores_native, class_weights  # noqa: E402
 
 
 def numbers(text: str, kind=float):

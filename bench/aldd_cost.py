@@ -9,19 +9,17 @@ the executor does (`utils.malloc`); --default-malloc measures glibc's defaults i
     .venv/bin/python bench/aldd_cost.py [--repeats 5] [--input-resolution] [--default-malloc]
 """
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from models.yolo import DetectionModel
+from utils.inference import make_detector
+from utils.malloc import keep_freed_memory
+from ymir.mining.aldd import aldd_scores, class_weights
 
-from models.yolo import DetectionModel  # noqa: E402
-from utils.inference import make_detector  # noqa: E402
-from utils.malloc import keep_freed_memory  # noqa: E402
-from ymir.mining.aldd import aldd_scores, class_weights  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 CASES = [(160, 4, 16), (320, 20, 8), (640, 80, 8)]  # image size, classes, batch
 

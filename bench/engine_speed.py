@@ -12,19 +12,17 @@ import argparse
 import json
 import statistics
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from models.yolo import DetectionModel
+from utils.letterbox import letterbox
+from ymir.demo import draw_image
 
-from models.yolo import DetectionModel  # noqa: E402
-from utils.letterbox import letterbox  # noqa: E402
-from ymir.demo import draw_image  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 PYTHONS = {"ours": REPO / ".venv" / "bin" / "python", "ours-torch": REPO / ".venv" / "bin" / "python",
            "oracle": REPO / ".venvs" / "oracle" / "bin" / "python"}

@@ -27,7 +27,6 @@ def load(path):
 
 
 def ours(kind, name, data, backend="product"):
-    sys.path.insert(0, str(REPO))
     from models.yolo import DetectionModel
 
     model = DetectionModel(name, nc=80)

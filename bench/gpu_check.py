@@ -35,26 +35,23 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
+import original_offline
 import torch
 import yaml
 
+from models.yolo import MODEL_NAMES, DetectionModel
+from utils.checkpoint import build_model, read_checkpoint
+from utils.hyperparameters import SCRATCH_LOW
+from utils.inference import Detector, LetterboxedImages, collate
+from utils.loss import YoloLoss
+from utils.nms import non_max_suppression
+from utils.optim import build_optimizer
+from utils.train_data import TrainImages, collate_train
+from utils.trainer import grad_scaler
+from ymir.dataset import Sample
+from ymir.demo import draw_image, make_workdir
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-
-import original_offline  # noqa: E402
-
-from models.yolo import MODEL_NAMES, DetectionModel  # noqa: E402
-from utils.checkpoint import build_model, read_checkpoint  # noqa: E402
-from utils.hyperparameters import SCRATCH_LOW  # noqa: E402
-from utils.inference import Detector, LetterboxedImages, collate  # noqa: E402
-from utils.loss import YoloLoss  # noqa: E402
-from utils.nms import non_max_suppression  # noqa: E402
-from utils.optim import build_optimizer  # noqa: E402
-from utils.train_data import TrainImages, collate_train  # noqa: E402
-from utils.trainer import grad_scaler  # noqa: E402
-from ymir.dataset import Sample  # noqa: E402
-from ymir.demo import draw_image, make_workdir  # noqa: E402
 
 START = REPO / "start.py"
 PUBLISHED_V100_MS = {1: 6.4, 32: 0.9}  # yolov5s, 640 px, fp16, NMS excluded (YOLOv5 v7.0 README)

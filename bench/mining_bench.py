@@ -52,23 +52,19 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import yaml
+from mining_eval import breakdown, image_errors, selection_stats, spearman
+from mining_pool import CLASSES, FREQUENCIES, SIZE, draw
+from mining_report import METHODS, NAMES, VARIANTS, summarise
+
+from ymir.task_folder import ark_text, env_yaml, write_asset
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-
-from mining_eval import breakdown, image_errors, selection_stats, spearman  # noqa: E402
-from mining_pool import CLASSES, FREQUENCIES, SIZE, draw  # noqa: E402
-from mining_report import METHODS, NAMES, VARIANTS, summarise  # noqa: E402
-
-from ymir.task_folder import ark_text, env_yaml, write_asset  # noqa: E402
 
 TRAIN_OPTIONS = "--hyp warmup_epochs=0 mosaic=0 lr0=0.02"  # round 0, from scratch
 FINETUNE_OPTIONS = "--hyp warmup_epochs=0 mosaic=0 lr0=0.005"  # rounds 1.., warm-started from the previous round

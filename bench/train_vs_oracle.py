@@ -15,7 +15,6 @@ import argparse
 import csv
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,19 +23,18 @@ import cv2
 import numpy as np
 import yaml
 
+from utils.hyperparameters import SCRATCH_LOW
+from ymir.demo import CLASS_NAMES, draw_image
+from ymir.task_folder import ark_text, env_yaml, write_asset
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from utils.hyperparameters import SCRATCH_LOW  # noqa: E402
-from ymir.demo import CLASS_NAMES, draw_image  # noqa: E402
-from ymir.task_folder import ark_text, env_yaml, write_asset  # noqa: E402
-
 HYP_CHANGES = {"mosaic": 0.0, "lr0": 0.02}
 ORACLE_TRAIN = """
 import sys
 sys.path.insert(0, {oracle_dir!r})
 import oracle_tool  # offline set-up of the original
 from yolov5 import train
+
 train.run(data={data!r}, cfg="yolov5n.yaml", weights="", hyp={hyp!r}, epochs={epochs}, imgsz={size},
           batch_size={batch}, workers=1, seed={seed}, noplots=True, project={project!r}, name="run",
           exist_ok=True, device="cpu")

@@ -20,7 +20,6 @@ from utils.checkpoint import (
 FIXTURES = REPO / "tests" / "fixtures"
 PARITY_SCRIPT = """
 import sys, torch
-sys.path.insert(0, {repo!r})
 try:
     import yolov5  # noqa: F401
     raise SystemExit("the original YOLOv5 is importable here; this check needs a process without it")

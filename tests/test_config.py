@@ -10,6 +10,7 @@ from ymir.config import (
     build_section,
     load_config,
     load_template,
+    section_keys,
 )
 from ymir.demo import make_workdir
 from ymir.env import load_env
@@ -105,9 +106,10 @@ def test_bad_value_is_a_config_error_naming_key_value_and_allowed(section, key, 
 
 def test_every_template_key_is_understood():
     platform_only = {"shm_size", "export_format"}
-    assert set(load_template("training")) - platform_only == {f for f in TrainingConfig.__dataclass_fields__}
-    assert set(load_template("mining")) - platform_only == {f for f in MiningConfig.__dataclass_fields__}
-    assert set(load_template("infer")) - platform_only == {f for f in InferConfig.__dataclass_fields__}
+    assert set(load_template("training")) - platform_only == section_keys(TrainingConfig)
+    assert set(load_template("mining")) - platform_only == section_keys(MiningConfig)
+    assert set(load_template("infer")) - platform_only == section_keys(InferConfig)
+    assert "options" not in section_keys(TrainingConfig)  # derived from args_options, not a key of config.yaml
     assert load_template("training")["model"] in MODEL_NAMES
 
 
@@ -182,3 +184,9 @@ def test_saved_file_patterns_never_drop_a_stage_s_weights(tmp_path):
         saver = StageSaver(tmp_path, TrainingConfig(model="yolov5n", ymir_saved_file_patterns=patterns).validate(),
                            ["a"], 64, TrainOptions(), [1])
         assert saver._keep(["best.pt", "best.onnx"]) == expected, patterns
+
+
+def test_args_options_are_parsed_once_into_the_training_config():
+    cfg = build_section(TrainingConfig, {"model": "yolov5n", "args_options": "--cos-lr --hyp lr0=0.02 --freeze 3"})
+    assert cfg.options.cos_lr and cfg.options.freeze == 3 and cfg.options.hyp["lr0"] == 0.02
+    assert cfg.options.hyp["label_smoothing"] == 0.0  # the one place it lives

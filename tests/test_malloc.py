@@ -6,16 +6,12 @@ that memory in afresh (deterministically; the executor's per-image chunks of 6 M
 dynamic threshold has not caught up). After keep_freed_memory() the heap serves them again."""
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parent.parent
 
 SCRIPT = """
 import ctypes, resource, sys, torch
 ctypes.CDLL(None).prctl(41, 1, 0, 0, 0)  # PR_SET_THP_DISABLE: 4 KB pages, where transparent huge pages are 'always'
-sys.path.insert(0, {repo!r})
 if {keep}:
     from utils.malloc import keep_freed_memory
     assert keep_freed_memory()
@@ -36,7 +32,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 def page_faults(keep: bool) -> int:
     """Minor page faults of 5 repeated ALDD calls in a fresh process."""
-    out = subprocess.run([sys.executable, "-c", SCRIPT.format(repo=str(REPO), keep=keep)], capture_output=True,
+    out = subprocess.run([sys.executable, "-c", SCRIPT.format(keep=keep)], capture_output=True,
                          text=True, check=True, env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
     return int(out.stdout.split()[-1])
 

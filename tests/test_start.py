@@ -1,6 +1,5 @@
 """start.py end to end: bad input ends with monitor state 4, the right code, a clear last line, exit != 0,
 /in byte-identical (checked by run_start) and no child process left."""
-import os
 import subprocess
 import sys
 import textwrap
@@ -102,7 +101,6 @@ def test_no_child_process_outlives_a_failure(tmp_path):
     pid_file = tmp_path / "child.pid"
     script.write_text(textwrap.dedent(f"""
         import subprocess, sys
-        sys.path.insert(0, {str(os.getcwd())!r})
         import ymir.tasks.predict as predict
         from ymir.app import main
 
@@ -267,7 +265,6 @@ def test_an_unexpected_error_keeps_its_traceback(tmp_path):
     work = make_workdir(tmp_path / "w", "training", num_train=2, num_val=1)
     script = textwrap.dedent(f"""
         import sys
-        sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
         import ymir.app
         def broken(ctx):
             raise ZeroDivisionError("a bug")

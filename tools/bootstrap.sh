@@ -41,6 +41,8 @@ fi
 say "installing $TORCH_PINS and the pinned requirements into .venv"
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-compile $TORCH_PINS
 .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-test.txt
+say "installing this checkout (editable: models, utils, ymir importable from anywhere) into .venv"
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
 
 find_python38() {
   if python3.8 -c 'pass' 2>/dev/null; then command -v python3.8; return; fi
@@ -68,6 +70,7 @@ if [ ! -x .venvs/floor/bin/python ] || ! .venvs/floor/bin/python -c 'import torc
   .venvs/floor/bin/python -m pip install -q --disable-pip-version-check --no-compile $FLOOR_TORCH_PINS
   .venvs/floor/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-test.txt
 fi
+.venvs/floor/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
 if [ ! -x .venvs/oracle/bin/python ] || ! .venvs/oracle/bin/python -c 'import yolov5' 2>/dev/null; then
   rm -rf .venvs/oracle
   "$PYTHON" -m venv .venvs/oracle

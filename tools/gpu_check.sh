@@ -41,4 +41,6 @@ for wheel in wheels:
 PY
   export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 fi
+# the product's packages, where this Python has not installed them (the GPU machine's own python3)
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 $PY bench/gpu_check.py "$@"

@@ -15,11 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
-from models.yolo import MODEL_NAMES
+from models.activations import activation_names, resolve_activation
+from models.yolo import MODEL_NAMES, architecture
 from ymir import coerce
 from ymir.env import EnvConfig, read_yaml_mapping
 from ymir.errors import ConfigError, one_line
 from ymir.paths import PathMapper
+from ymir.train_options import TrainOptions, parse_args_options
 
 LOG = logging.getLogger(__name__)
 
@@ -125,6 +127,7 @@ class TrainingConfig:
     sync_bn: bool = False
     activation: str = "SiLU"
     ymir_saved_file_patterns: str = ""
+    options: Optional[TrainOptions] = field(default=None, metadata={"derived": True})  # args_options, parsed once
 
     def validate(self) -> TrainingConfig:
         model = self.model.strip().lower()
@@ -141,9 +144,6 @@ class TrainingConfig:
             shlex.split(self.args_options)
         except ValueError as exc:
             raise ConfigError(f"config key 'args_options' = {self.args_options!r} cannot be split: {exc}") from None
-        from models.yolo import architecture
-        from ymir.train_options import parse_args_options
-
         options = parse_args_options(self.args_options)
         arch = architecture(model)
         layers = len(arch["backbone"]) + len(arch["head"])
@@ -151,8 +151,6 @@ class TrainingConfig:
             raise ConfigError(f"config key 'args_options' = {self.args_options!r}: --freeze {options.freeze} would "
                               f"freeze every layer of {model} ({layers} layers, the last the detection head); "
                               f"allowed: 0 to {layers - 1}")
-        from models.activations import activation_names, resolve_activation
-
         try:
             activation = resolve_activation(self.activation).__name__
         except KeyError:
@@ -164,7 +162,8 @@ class TrainingConfig:
             except re.error as exc:
                 raise ConfigError(f"config key 'ymir_saved_file_patterns' = {self.ymir_saved_file_patterns!r} has a "
                                   f"bad regex {pattern!r} ({exc}); allowed: comma-separated regexes") from None
-        return dataclasses.replace(self, model=model, activation=activation, img_size=round_img_size(self.img_size))
+        return dataclasses.replace(self, model=model, activation=activation, img_size=round_img_size(self.img_size),
+                                   options=options)
 
     @property
     def saved_file_patterns(self) -> Tuple[str, ...]:
@@ -190,17 +189,22 @@ _COERCERS = {
 }
 
 
+def config_fields(cls) -> list:
+    """The fields of a section that config.yaml sets (not those validate() derives from them)."""
+    return [f for f in dataclasses.fields(cls) if not f.metadata.get("derived")]
+
+
 def build_section(cls, values: dict):
     """Build dataclass `cls` from the keys of `values` it declares, coercing each by its declared type."""
     kwargs = {}
-    for f in dataclasses.fields(cls):
+    for f in config_fields(cls):
         if f.name in values and values[f.name] is not None:
             kwargs[f.name] = _COERCERS[f.type](values[f.name], f.name)
     return cls(**kwargs).validate()
 
 
 def section_keys(cls) -> set:
-    return {f.name for f in dataclasses.fields(cls)}
+    return {f.name for f in config_fields(cls)}
 
 
 def load_template(name: str) -> dict:

@@ -32,7 +32,6 @@ REFUSED = {
 class TrainOptions:
     cos_lr: bool = False
     optimizer: str = "SGD"
-    label_smoothing: float = 0.0
     multi_scale: bool = False
     single_cls: bool = False
     rect: bool = False
@@ -105,8 +104,8 @@ def parse_args_options(text: str) -> TrainOptions:
         if hyp[unsupported]:
             raise ConfigError(f"config key 'args_options': --hyp {unsupported}={hyp[unsupported]} is not supported "
                               "by this executor yet (keep it 0)")
-    hyp["label_smoothing"] = args.label_smoothing
+    hyp["label_smoothing"] = args.label_smoothing  # its one owner, as in YOLOv5
     freeze = args.freeze[0] if len(args.freeze) == 1 else max(args.freeze) + 1
-    return TrainOptions(args.cos_lr, args.optimizer, args.label_smoothing, args.multi_scale, args.single_cls,
+    return TrainOptions(args.cos_lr, args.optimizer, args.multi_scale, args.single_cls,
                         args.rect, args.cache, freeze, args.patience, hyp, not args.noautoanchor, args.seed,
                         args.image_weights)

@@ -36,7 +36,7 @@ from ymir.errors import ConfigError, DatasetError, ModelError, NanLossError
 from ymir.launch import run_distributed
 from ymir.results import ModelStageWriter
 from ymir.tasks import fitted_image_size
-from ymir.train_options import TrainOptions, parse_args_options
+from ymir.train_options import TrainOptions
 from ymir.training_report import TrainingReport
 from ymir.weights import load_checkpoint
 
@@ -49,7 +49,7 @@ ONNX_REFRESH_S = 600  # during training, the best stage's ONNX is refreshed at m
 
 def run_training(ctx: TaskContext) -> None:
     cfg, platform, env = ctx.config.training, ctx.config.platform, ctx.env
-    options = parse_args_options(cfg.args_options)
+    options = cfg.options
     if cfg.opset > max_onnx_opset():  # found now, not after the first epoch
         raise ConfigError(f"config 'opset' = {cfg.opset}: this image's torch {torch.__version__} exports ONNX "
                           f"opsets up to {max_onnx_opset()}")
@@ -183,7 +183,7 @@ def _architecture_name(arch: dict) -> Optional[str]:
 def yolov5_options(cfg: TrainingConfig, options: TrainOptions, img_size: int) -> dict:
     """The training settings under the names of YOLOv5 train.py's options, as its checkpoints keep them (`opt`)."""
     return {"cfg": f"{cfg.model}.yaml", "epochs": cfg.epochs, "batch_size": cfg.batch_size_per_gpu, "imgsz": img_size,
-            "optimizer": options.optimizer, "cos_lr": options.cos_lr, "label_smoothing": options.label_smoothing,
+            "optimizer": options.optimizer, "cos_lr": options.cos_lr, "label_smoothing": options.hyp["label_smoothing"],
             "multi_scale": options.multi_scale, "single_cls": options.single_cls, "rect": options.rect,
             "cache": options.cache, "freeze": [options.freeze], "patience": options.patience, "seed": options.seed,
             "noautoanchor": not options.autoanchor, "image_weights": options.image_weights, "sync_bn": cfg.sync_bn,
