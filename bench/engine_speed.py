@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from models.yolo import DetectionModel
-from utils.letterbox import letterbox
+from utils.data.letterbox import letterbox
 from ymir.demo import draw_image
 
 REPO = Path(__file__).resolve().parent.parent

@@ -41,12 +41,12 @@ import yaml
 
 from models.yolo import MODEL_NAMES, DetectionModel
 from utils.checkpoint import build_model, read_checkpoint
+from utils.data.train_data import TrainImages, collate_train
 from utils.hyperparameters import SCRATCH_LOW
 from utils.inference import Detector, LetterboxedImages, collate
 from utils.loss import YoloLoss
 from utils.nms import non_max_suppression
 from utils.optim import build_optimizer
-from utils.train_data import TrainImages, collate_train
 from utils.trainer import grad_scaler
 from ymir.dataset import Sample
 from ymir.demo import draw_image, make_workdir

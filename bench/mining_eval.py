@@ -44,7 +44,7 @@ def breakdown(model_dir: Path, test, classes=CLASSES) -> dict:
 
     from utils.boxes import unletterbox_boxes
     from utils.checkpoint import build_model, read_checkpoint
-    from utils.letterbox import letterbox
+    from utils.data.letterbox import letterbox
     from utils.metrics import MetricAccumulator
     from utils.nms import non_max_suppression
     from utils.validate import VAL_CONF, VAL_IOU, VAL_MAX_DET

@@ -41,7 +41,7 @@ print(worst)
 """
 
 
-@pytest.mark.parametrize("cfg", ["yolov5s", "yolov5n6"])
+@pytest.mark.parametrize("cfg", [pytest.param("yolov5s", marks=pytest.mark.slow), "yolov5n6"])
 def test_official_checkpoint_gives_the_originals_outputs(tmp_path, cfg):
     ckpt, io = tmp_path / "official.pt", tmp_path / "io.pt"
     oracle("checkpoint", cfg, 3, ckpt, io, 7, 128)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from utils.images import EXIF_ORIENTATION_TAG
+from utils.data.images import EXIF_ORIENTATION_TAG
 from ymir.annotations import parse_ark, parse_voc
 from ymir.dataset import read_candidates, read_split
 from ymir.errors import DATASET_ERROR, DatasetError

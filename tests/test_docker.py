@@ -256,6 +256,7 @@ def shared_tmp():
         yield path
 
 
+@pytest.mark.slow
 def test_cmd_script_runs_a_task_with_read_only_in_no_home_and_another_uid(shared_tmp):
     """start.sh as the image's CMD runs it: /in read-only, HOME unset, a non-root uid where this machine lets
     that uid run the project's Python (in the image everything under /app and /opt/venv is world-readable)."""

@@ -5,6 +5,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 ORACLE_SITE = next((REPO / ".venvs" / "oracle" / "lib").glob("python3*/site-packages"), None)
 # What the original YOLOv5 imports beyond this venv's packages, as tools/gpu_check.sh --prepare carries it; the
@@ -21,6 +23,7 @@ def original_site(tmp_path: Path) -> Path:
     return site
 
 
+@pytest.mark.slow
 def test_the_dry_run_runs_every_step_and_reports_each(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(original_site(tmp_path)))
     proc = subprocess.run(["bash", str(REPO / "tools/gpu_check.sh"), "--dry-run", "--out", str(tmp_path / "report")],

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from tests.helpers import run_start
-from utils.image_weights import ImageWeightedSampler, class_weights, epoch_class_weights, image_weights
+from utils.data.image_weights import ImageWeightedSampler, class_weights, epoch_class_weights, image_weights
 from ymir.demo import make_workdir
 from ymir.errors import ConfigError
 from ymir.train_options import parse_args_options
@@ -54,6 +54,7 @@ def test_image_weights_option():
         parse_args_options("--image-weights --rect")
 
 
+@pytest.mark.slow
 def test_training_with_image_weights(tmp_path):
     work = make_workdir(tmp_path / "w", "training", num_train=10, num_val=4, image_size=(96, 128),
                         config={"epochs": 2, "img_size": 96, "batch_size_per_gpu": 4, "num_workers_per_gpu": 0,

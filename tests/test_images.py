@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from utils.images import EXIF_ORIENTATION_TAG, ImageReadError, apply_orientation, probe_image, read_image
+from utils.data.images import EXIF_ORIENTATION_TAG, ImageReadError, apply_orientation, probe_image, read_image
 
 
 def asymmetric_rgb(width=40, height=24):

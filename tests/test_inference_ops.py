@@ -7,7 +7,7 @@ import utils.nms
 from tests.helpers import oracle
 from utils.boxes import box_iou, scale_ratio_pad, unletterbox_boxes, xywh_to_xyxy, xyxy_to_xywh
 from utils.checkpoint import load_plain
-from utils.letterbox import letterbox
+from utils.data.letterbox import letterbox
 from utils.nms import greedy_nms, non_max_suppression
 
 

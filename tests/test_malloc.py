@@ -38,6 +38,7 @@ def page_faults(keep: bool) -> int:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc is a Linux matter")
+@pytest.mark.slow
 def test_keep_freed_memory_stops_page_faults_of_repeated_batches():
     default, kept = page_faults(False), page_faults(True)
     assert default > 100_000  # 4 KB pages of the 49 MB maps faulted in afresh, call after call

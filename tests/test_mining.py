@@ -23,8 +23,9 @@ from ymir.mining.cald import (
     share_undetected,
     shrink,
 )
+from ymir.mining.entropy import binary_entropy_bits, entropy_score
+from ymir.mining.random_draw import random_scores
 from ymir.mining.scorers import CaldScorer, best_raw_score
-from ymir.mining.uncertainty import binary_entropy_bits, entropy_score, random_scores
 
 
 def test_random_is_seeded_and_uniform():

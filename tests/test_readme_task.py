@@ -12,6 +12,7 @@ from typing import Dict, List, Tuple
 
 import cv2
 import numpy as np
+import pytest
 import yaml
 
 from tests.helpers import run_start
@@ -106,6 +107,7 @@ def test_the_readme_annotation_examples_parse_without_a_problem(tmp_path):
     assert parse_voc(tmp_path / "a.xml", ["cat", "dog"]) == ([(0, 40.0, 30.0, 140.0, 150.0)], [])
 
 
+@pytest.mark.slow
 def test_a_task_written_from_the_readme_trains_then_mines_and_infers(tmp_path):
     files = shown_files(readme_section())
     train = write_task(tmp_path, files, "task")

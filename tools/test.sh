@@ -3,8 +3,14 @@
 # task end to end, checkpoints, ONNX, the sharded run -- on the oldest Python/torch among the images
 # (Python 3.8 + torch 1.10.2, .venvs/floor). Needs tools/bootstrap.sh first. Arguments go to the main run.
 # Every step runs even when an earlier one fails; the script ends with one summary and fails if any step did.
+#   tools/test.sh --fast   the inner loop only: lint and the tests not marked slow (no whole task, training or
+#                          container), on the current torch; CI runs everything
 set -uo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = "--fast" ]; then
+  shift
+  .venv/bin/ruff check . && exec .venv/bin/python -m pytest -q -m "not slow" --durations=5 "$@"
+fi
 FLOOR_TESTS=(
   tests/test_config.py tests/test_dataset.py tests/test_outputs.py tests/test_start.py tests/test_checkpoint.py
   tests/test_predict_task.py tests/test_export.py tests/test_onnx_detector.py

@@ -6,6 +6,7 @@ import os
 from typing import Tuple
 
 import torch.distributed as dist
+import torch.nn as nn
 
 
 def rank_and_world() -> Tuple[int, int]:
@@ -17,3 +18,8 @@ def rank_and_world() -> Tuple[int, int]:
 def is_main_process() -> bool:
     """Rank 0: the one process that validates, saves and reports."""
     return rank_and_world()[0] == 0
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel wrapper."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model

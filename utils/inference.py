@@ -13,8 +13,8 @@ from torch.utils.data import Dataset
 
 from models.yolo import DetectionModel
 from utils.boxes import unletterbox_boxes
-from utils.images import ImageReadError, read_image
-from utils.letterbox import letterbox
+from utils.data.images import ImageReadError, read_image
+from utils.data.letterbox import letterbox
 from utils.nms import non_max_suppression
 from utils.onnx_detector import OnnxDetector
 

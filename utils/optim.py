@@ -1,7 +1,6 @@
-"""Optimiser, learning-rate schedules, warmup and the weights' exponential moving average (EMA)."""
+"""Optimiser, learning-rate schedules and warmup, as YOLOv5 sets them up."""
 from __future__ import annotations
 
-import copy
 import math
 from typing import Callable, Dict
 
@@ -65,29 +64,3 @@ def warmup(optimizer: torch.optim.Optimizer, step: int, warmup_steps: int, epoch
 def warmup_accumulation(step: int, warmup_steps: int, nominal_batch: int, batch_size: int) -> int:
     """Batches per optimizer step, ramping from 1 to nominal_batch / batch_size during warmup."""
     return max(1, int(np.interp(step, [0, warmup_steps], [1, nominal_batch / batch_size]).round()))
-
-
-class ModelEMA:
-    """Exponential moving average of the model's state, with a decay that ramps up from 0 (tau = 2000 updates)."""
-
-    def __init__(self, model: nn.Module, decay: float = 0.9999, tau: float = 2000, updates: int = 0):
-        self.ema = copy.deepcopy(unwrap(model)).eval()
-        self.updates = updates
-        self.decay = lambda x: decay * (1 - math.exp(-x / tau))
-        for p in self.ema.parameters():
-            p.requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        self.updates += 1
-        d = self.decay(self.updates)
-        state = unwrap(model).state_dict()
-        for k, v in self.ema.state_dict().items():
-            if v.dtype.is_floating_point:
-                v *= d
-                v += (1 - d) * state[k].detach()
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a DistributedDataParallel wrapper."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model

@@ -21,14 +21,15 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from models.yolo import DetectionModel
 from utils.autoanchor import check_anchors
-from utils.dist import rank_and_world
+from utils.data.image_weights import ImageWeightedSampler, class_weights, epoch_class_weights, image_weights
+from utils.data.train_data import TrainImages, ValImages, collate_train, collate_val
+from utils.dist import rank_and_world, unwrap
+from utils.ema import ModelEMA
 from utils.hyperparameters import NOMINAL_BATCH
-from utils.image_weights import ImageWeightedSampler, class_weights, epoch_class_weights, image_weights
 from utils.loss import YoloLoss
 from utils.metrics import DetectionMetrics
-from utils.optim import ModelEMA, build_optimizer, build_scheduler, lr_lambda, unwrap, warmup, warmup_accumulation
+from utils.optim import build_optimizer, build_scheduler, lr_lambda, warmup, warmup_accumulation
 from utils.progress import ProgressLine
-from utils.train_data import TrainImages, ValImages, collate_train, collate_val
 from utils.validate import summary_line, validate
 
 LOG = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 
-from utils.images import ImageReadError, jpeg_is_truncated, probe_image
+from utils.data.images import ImageReadError, jpeg_is_truncated, probe_image
 from ymir.annotations import AnnotationFileError, parse_ark, parse_voc
 from ymir.errors import DatasetError
 from ymir.paths import PathMapper

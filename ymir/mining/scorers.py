@@ -21,7 +21,8 @@ from ymir.mining.cald import (
     image_rng,
     share_undetected,
 )
-from ymir.mining.uncertainty import ENTROPY_MIN_SCORE, entropy_score, random_scores
+from ymir.mining.entropy import ENTROPY_MIN_SCORE, entropy_score
+from ymir.mining.random_draw import random_scores
 
 
 class Scorer:

@@ -21,10 +21,10 @@ from utils.checkpoint import (
     save_checkpoint,
     transfer_weights,
 )
+from utils.data.train_data import class_histogram
 from utils.dist import rank_and_world
 from utils.export import ExportError, export_onnx, max_onnx_opset
 from utils.metrics import DetectionMetrics
-from utils.train_data import class_histogram
 from utils.trainer import EpochReport, NonFiniteLossError, TrainSettings, seed_everything, train
 from utils.validate import VAL_CONF, summary_line
 from ymir.config import TrainingConfig

@@ -1,16 +1,15 @@
-"""`random` and `entropy` mining.
+"""`entropy` mining.
 
-entropy: every box the detector keeps after NMS with score >= ENTROPY_MIN_SCORE is a candidate object. Its
-uncertainty, in [0, 1], is the binary entropy (bits) of its score s = objectness x best class probability;
-with several classes, averaged with the normalised entropy of its class distribution (the class
-probabilities rescaled to sum to 1, entropy divided by log2(nc)). The image score is the mean of its
-TOP_BOXES most uncertain boxes: independent of how crowded the image is, yet not diluted by many easy boxes,
-and comparable across image sizes.
+Every box the detector keeps after NMS with score >= ENTROPY_MIN_SCORE is a candidate object. Its uncertainty, in
+[0, 1], is the binary entropy (bits) of its score s = objectness x best class probability; with several classes,
+averaged with the normalised entropy of its class distribution (the class probabilities rescaled to sum to 1,
+entropy divided by log2(nc)). The image score is the mean of its TOP_BOXES most uncertain boxes: independent of how
+crowded the image is, yet not diluted by many easy boxes, and comparable across image sizes.
 
-An image without such a box ranks below every image with one, by its most confident raw prediction b (before
-NMS): (b / ENTROPY_MIN_SCORE - 1) / 2, in [-0.5, 0), the nearest to a detection first. A weak or conservative
-model (a new class learnt from few examples) may keep no box above the floor anywhere; its candidates are then
-still ranked by where it comes closest to seeing an object, not left tied at 0. Unreadable images stay last (-1).
+An image without such a box ranks below every image with one, by its most confident raw prediction b (before NMS):
+(b / ENTROPY_MIN_SCORE - 1) / 2, in [-0.5, 0), the nearest to a detection first. A weak or conservative model (a new
+class learnt from few examples) may keep no box above the floor anywhere; its candidates are then still ranked by
+where it comes closest to seeing an object, not left tied at 0. Unreadable images stay last (-1).
 """
 from __future__ import annotations
 
@@ -19,11 +18,6 @@ import numpy as np
 ENTROPY_MIN_SCORE = 0.05
 TOP_BOXES = 3
 _EPS = 1e-12
-
-
-def random_scores(count: int, seed: int) -> np.ndarray:
-    """Uniform [0, 1) scores, reproducible for a seed; no model needed."""
-    return np.random.default_rng(seed).random(count)
 
 
 def binary_entropy_bits(p: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ from typing import Callable, Sequence, Tuple
 import cv2
 import numpy as np
 
-from utils.letterbox import PAD_VALUE
+from utils.data.letterbox import PAD_VALUE
 
 
 def augment_hsv(img: np.ndarray, rng: np.random.Generator, hgain: float, sgain: float, vgain: float) -> None:

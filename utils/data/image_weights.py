@@ -12,7 +12,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
-from utils.train_data import class_histogram
+from utils.data.train_data import class_histogram
 
 
 def class_weights(samples: Sequence, nc: int) -> np.ndarray:

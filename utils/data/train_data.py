@@ -10,11 +10,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from utils.augment import augment_hsv, flip_horizontal, flip_vertical, mosaic, random_perspective
 from utils.boxes import xyxy_to_xywh
-from utils.images import ImageReadError, read_image
+from utils.data.augment import augment_hsv, flip_horizontal, flip_vertical, mosaic, random_perspective
+from utils.data.images import ImageReadError, read_image
+from utils.data.letterbox import letterbox
 from utils.inference import ImageMeta
-from utils.letterbox import letterbox
 
 LOG = logging.getLogger(__name__)
 
