@@ -175,6 +175,16 @@ def synthetic_batch(batch: int, size: int, seed: int = 0) -> Tuple[torch.Tensor,
     return images, targets
 
 
+def scaled_step(loss: torch.Tensor, model: torch.nn.Module, optimizer, scaler) -> None:
+    """Backward through AMP's scaler, gradients clipped at norm 10, one optimizer step (both trainers do this)."""
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad()
+
+
 def training_step(model: DetectionModel, device: torch.device, amp: bool):
     """The product's training step (utils/trainer.py): channels-last, autocast, scaled loss, clipped step."""
     model.train().to(device).to(memory_format=torch.channels_last)
@@ -186,12 +196,7 @@ def training_step(model: DetectionModel, device: torch.device, amp: bool):
         images = images_uint8.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device_type=device.type, enabled=amp):
             loss, _ = loss_fn(model(images.float() / 255), targets.to(device))
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad()
+        scaled_step(loss, model, optimizer, scaler)
         return float(loss.detach())
     return step
 
@@ -476,12 +481,7 @@ def original_step(yolov5, name: str, device: torch.device):
     def step(images_uint8, targets):
         with torch.autocast(device_type=device.type, enabled=amp):
             loss, _ = loss_fn(model(images_uint8.to(device, non_blocking=True).float() / 255), targets.to(device))
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad()
+        scaled_step(loss, model, optimizer, scaler)
     return step
 
 

@@ -62,10 +62,16 @@ def test_mining_plus_infer_builds_both_from_the_mining_template(tmp_path):
     assert config.mining.conf_thres == config.infer.conf_thres == 0.3
 
 
-def test_img_size_rounds_up_to_a_multiple_of_32(caplog):
-    assert build_section(InferConfig, {"img_size": 600}).img_size == 608
-    assert "608" in caplog.text
+def test_img_size_is_rounded_by_the_model_alone(caplog):
+    """The config checks the range; the model the task runs rounds the size up to its own step (32, or 64)."""
+    from models.yolo import DetectionModel
+    from ymir.tasks import fitted_image_size
+
+    assert build_section(InferConfig, {"img_size": 600}).img_size == 600
     assert build_section(InferConfig, {"img_size": "640"}).img_size == 640
+    assert fitted_image_size(DetectionModel("yolov5n", nc=1), 600) == 608
+    assert "img_size 600 is not a multiple of the model's largest stride 32: using 608" in caplog.text
+    assert fitted_image_size(DetectionModel("yolov5n6", nc=1), 600) == 640
 
 
 def test_unknown_key_is_kept_and_logged(tmp_path, caplog):
@@ -77,8 +83,8 @@ def test_unknown_key_is_kept_and_logged(tmp_path, caplog):
 
 
 @pytest.mark.parametrize("section,key,value,allowed", [
-    (TrainingConfig, "img_size", 0, "positive multiple of 32"),
-    (TrainingConfig, "img_size", -64, "positive multiple of 32"),
+    (TrainingConfig, "img_size", 0, "a positive number of pixels up to 8192"),
+    (TrainingConfig, "img_size", -64, "a positive number of pixels up to 8192"),
     (TrainingConfig, "img_size", "big", "not an integer"),
     (TrainingConfig, "model", "yolov9", "yolov5n, yolov5s"),
     (TrainingConfig, "epochs", 0, ">= 1"),

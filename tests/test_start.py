@@ -24,7 +24,7 @@ def assert_failed(result, code, *needles):
 
 
 @pytest.mark.parametrize("changes,needles", [
-    ({"img_size": 0}, ["'img_size'", "0", "positive multiple of 32"]),
+    ({"img_size": 0}, ["'img_size'", "0", "a positive number of pixels up to 8192"]),
     ({"model": "yolov5z"}, ["'model'", "'yolov5z'", "yolov5n"]),
     ({"epochs": "many"}, ["'epochs'", "'many'"]),
     ({"class_names": None}, ["'class_names'"]),

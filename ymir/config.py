@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import logging
-import math
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -42,12 +41,11 @@ def _check(ok: bool, key: str, value, allowed: str) -> None:
         raise ConfigError(f"config key '{key}' = {value!r} is not allowed; allowed: {allowed}")
 
 
-def round_img_size(value: int, key: str = "img_size") -> int:
-    _check(0 < value <= IMG_SIZE_MAX, key, value, f"a positive multiple of {IMG_SIZE_STEP} up to {IMG_SIZE_MAX}")
-    rounded = int(math.ceil(value / IMG_SIZE_STEP) * IMG_SIZE_STEP)
-    if rounded != value:
-        LOG.warning("img_size %d is not a multiple of %d: using %d", value, IMG_SIZE_STEP, rounded)
-    return rounded
+def check_img_size(value: int, key: str = "img_size") -> int:
+    """The range only: the model rounds the size up to what it needs (ymir.tasks.fitted_image_size)."""
+    _check(0 < value <= IMG_SIZE_MAX, key, value, f"a positive number of pixels up to {IMG_SIZE_MAX} (rounded up to "
+           f"a multiple of {IMG_SIZE_STEP}, of 64 for P6 models)")
+    return value
 
 
 @dataclass(frozen=True)
@@ -87,7 +85,7 @@ class InferConfig:
         _check(self.max_det >= 1, "max_det", self.max_det, "an integer >= 1")
         _check(self.batch_size_per_gpu >= 1, "batch_size_per_gpu", self.batch_size_per_gpu, "an integer >= 1")
         _check(self.num_workers_per_gpu >= 0, "num_workers_per_gpu", self.num_workers_per_gpu, "an integer >= 0")
-        return dataclasses.replace(self, img_size=round_img_size(self.img_size))
+        return dataclasses.replace(self, img_size=check_img_size(self.img_size))
 
 
 @dataclass(frozen=True)
@@ -162,7 +160,7 @@ class TrainingConfig:
             except re.error as exc:
                 raise ConfigError(f"config key 'ymir_saved_file_patterns' = {self.ymir_saved_file_patterns!r} has a "
                                   f"bad regex {pattern!r} ({exc}); allowed: comma-separated regexes") from None
-        return dataclasses.replace(self, model=model, activation=activation, img_size=round_img_size(self.img_size),
+        return dataclasses.replace(self, model=model, activation=activation, img_size=check_img_size(self.img_size),
                                    options=options)
 
     @property

@@ -23,36 +23,19 @@ class ExecutorError(Exception):
         self.message = message
 
 
-class ConfigError(ExecutorError):
-    code = CONFIG_ERROR
+def _coded(name: str, code: int) -> type:
+    """An ExecutorError subclass that carries `code`."""
+    return type(name, (ExecutorError,), {"code": code, "__module__": __name__})
 
 
-class DatasetError(ExecutorError):
-    code = DATASET_ERROR
-
-
-class ImageFormatError(ExecutorError):
-    code = IMAGE_FORMAT_ERROR
-
-
-class ModelError(ExecutorError):
-    code = MODEL_ERROR
-
-
-class CudaError(ExecutorError):
-    code = CUDA_ERROR
-
-
-class NoGpuError(ExecutorError):
-    code = NO_GPU_ERROR
-
-
-class OutOfMemoryError(ExecutorError):
-    code = OUT_OF_MEMORY_ERROR
-
-
-class NanLossError(ExecutorError):
-    code = NAN_LOSS_ERROR
+ConfigError = _coded("ConfigError", CONFIG_ERROR)
+DatasetError = _coded("DatasetError", DATASET_ERROR)
+ImageFormatError = _coded("ImageFormatError", IMAGE_FORMAT_ERROR)
+ModelError = _coded("ModelError", MODEL_ERROR)
+CudaError = _coded("CudaError", CUDA_ERROR)
+NoGpuError = _coded("NoGpuError", NO_GPU_ERROR)
+OutOfMemoryError = _coded("OutOfMemoryError", OUT_OF_MEMORY_ERROR)
+NanLossError = _coded("NanLossError", NAN_LOSS_ERROR)
 
 
 def classify(exc: BaseException) -> tuple[int, str]:

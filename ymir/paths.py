@@ -10,35 +10,20 @@ class OutputPaths:
     """The platform reads these fixed names under /out, whatever env.yaml says."""
 
     root: Path
+    models_dir: Path
+    training_result_file: Path
+    mining_result_file: Path
+    infer_result_file: Path
+    monitor_file: Path
+    tensorboard_dir: Path
+    executor_log_file: Path  # written by the platform from the console; by ymir.console_log when run by hand
 
-    @property
-    def models_dir(self) -> Path:
-        return self.root / "models"
-
-    @property
-    def training_result_file(self) -> Path:
-        return self.models_dir / "result.yaml"
-
-    @property
-    def mining_result_file(self) -> Path:
-        return self.root / "result.tsv"
-
-    @property
-    def infer_result_file(self) -> Path:
-        return self.root / "infer-result.json"
-
-    @property
-    def monitor_file(self) -> Path:
-        return self.root / "monitor.txt"
-
-    @property
-    def tensorboard_dir(self) -> Path:
-        return self.root / "tensorboard"
-
-    @property
-    def executor_log_file(self) -> Path:
-        """Written by the platform from the container's console; by ymir.console_log when run by hand."""
-        return self.root / "ymir-executor-out.log"
+    @classmethod
+    def under(cls, root: Path) -> OutputPaths:
+        return cls(root=root, models_dir=root / "models", training_result_file=root / "models" / "result.yaml",
+                   mining_result_file=root / "result.tsv", infer_result_file=root / "infer-result.json",
+                   monitor_file=root / "monitor.txt", tensorboard_dir=root / "tensorboard",
+                   executor_log_file=root / "ymir-executor-out.log")
 
 
 class PathMapper:
@@ -70,4 +55,4 @@ class PathMapper:
 
     @property
     def output(self) -> OutputPaths:
-        return OutputPaths(self.out_root)
+        return OutputPaths.under(self.out_root)
