@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import copy
 import math
+import re
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Type, Union
 
@@ -19,8 +20,9 @@ from models.common import C3, SPPF, Bottleneck, Concat, Conv
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 _SIZES = "nsmlx"
-# The shipped architectures, from their files: P5 (yolov5n..x), then P6 (yolov5n6..x6), smallest first.
-MODEL_NAMES = tuple(sorted((p.stem for p in CONFIG_DIR.glob("yolov5*.yaml")),
+# The shipped architectures, from their files (yolov5<size>[6].yaml): P5 (yolov5n..x), then P6 (yolov5n6..x6),
+# smallest first.
+MODEL_NAMES = tuple(sorted((p.stem for p in CONFIG_DIR.glob("*.yaml") if re.fullmatch(r"yolov5[nsmlx]6?", p.stem)),
                            key=lambda name: (name.endswith("6"), _SIZES.index(name[6]))))
 STRIDE_PROBE_SIZE = 256
 # Layers whose first two arguments are (input channels, output channels) and that take an activation.

@@ -158,3 +158,19 @@ def test_class_names_in_another_order_than_the_models_are_used_and_warned_about(
     assert resolve_class_names([], ckpt) == ["cat", "dog"]
     with pytest.raises(ModelError):
         resolve_class_names(["cat"], ckpt)
+
+
+def test_a_module_tree_that_loops_is_a_damaged_checkpoint_not_a_hang(tmp_path):
+    """A module whose child is itself (any pickle can hold a cycle), in our layout and in the official one."""
+    from models.common import Conv
+
+    for layout in ("ymir", "official"):
+        node = Conv(3, 8)
+        node._modules["again"] = node
+        node.yaml = {"nc": 1}
+        raw = {"model": node, "ymir": {"format": "ymir-yolov5", "yaml": {"nc": 1}, "names": ["a"]}} \
+            if layout == "ymir" else {"model": node}
+        path = tmp_path / f"{layout}.pt"
+        torch.save(raw, str(path))
+        with pytest.raises(CheckpointError, match="damaged checkpoint"):
+            read_checkpoint(path)

@@ -47,7 +47,8 @@ def test_the_dry_run_runs_every_step_and_reports_each(tmp_path):
 
 
 def test_without_a_gpu_the_real_run_refuses_in_one_line(tmp_path):
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")  # no GPU, even on a machine that has one
     proc = subprocess.run(["bash", str(REPO / "tools/gpu_check.sh"), "--out", str(tmp_path / "r")],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 2 and "no CUDA device here: run with --dry-run" in proc.stderr
     assert not (tmp_path / "r").exists()

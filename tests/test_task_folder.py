@@ -159,3 +159,24 @@ def test_the_demos_mining_task_hands_the_trained_stage_over(tmp_path):
     assert config["model_params_path"] == ["/in/models/best/best.onnx", "/in/models/best/best.pt"]
     assert (work / "in/models/best/best.pt").read_bytes() == (stage / "best.pt").read_bytes()
     assert not (work / "sources.tsv").exists()  # drawn images come from no file
+
+
+def test_yolo_fractions_are_of_the_image_as_displayed(tmp_path, capsys):
+    """A photo stored 200x100 with EXIF orientation 6 is 100 wide and 200 tall on screen, for the executor and
+    for YOLOv5: its labels' fractions are of that size."""
+    from PIL import Image
+
+    from utils.data.images import EXIF_ORIENTATION_TAG
+
+    (tmp_path / "data/images").mkdir(parents=True)
+    (tmp_path / "data/labels").mkdir()
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION_TAG] = 6
+    for name in ("a", "b"):
+        Image.new("RGB", (200, 100), (10 if name == "a" else 200, 90, 150)).save(
+            tmp_path / f"data/images/{name}.jpg", exif=exif.tobytes())
+        (tmp_path / f"data/labels/{name}.txt").write_text("0 0.25 0.5 0.5 0.2\n0 nan 0.5 0.1 0.1\n")
+    assert main([str(tmp_path / "task"), "--images", str(tmp_path / "data/images"), "--names", "cat"]) == 0
+    assert "line 2: expected 'class cx cy w h'" in capsys.readouterr().err  # NaN: listed, left out
+    samples = read_back(tmp_path / "task", "train", ["cat"]) + read_back(tmp_path / "task", "val", ["cat"])
+    assert [s.boxes.tolist() for s in samples] == [[[0, 80, 50, 120]]] * 2  # exclusive corners when read

@@ -89,9 +89,12 @@ def stand_in_state_dict(module: PickledObject, prefix: str = "") -> OrderedDict[
 
 def _stand_in_activation(model: PickledObject) -> str:
     """Activation class name of the first Conv block in a pickled model tree."""
-    stack = [model]
+    stack, seen = [model], set()
     while stack:
         node = stack.pop(0)
+        if id(node) in seen:  # a crafted file may make the tree a cycle
+            continue
+        seen.add(id(node))
         modules = node.__dict__.get("_modules") or {}
         if node.qualified_name.endswith(".Conv") and isinstance(modules.get("act"), PickledObject):
             return modules["act"].qualified_name.rsplit(".", 1)[-1]
@@ -121,6 +124,14 @@ def read_checkpoint(path: Union[str, Path]) -> Checkpoint:
         raise CheckpointError(f"{path}: not a checkpoint (a {type(raw).__name__}, not a dict)")
     if raw.get("format") == FORMAT:  # format_version 1
         return _from_ours(raw, path)
+    try:
+        return _from_pickled_model(raw, path)
+    except (AttributeError, TypeError, ValueError, KeyError, RecursionError) as exc:  # a malformed module tree
+        raise CheckpointError(f"{path}: damaged checkpoint ({type(exc).__name__}: {exc})") from None
+
+
+def _from_pickled_model(raw: dict, path) -> Checkpoint:
+    """Ours (format_version 2, our metadata under `ymir`) or an official file: a pickled DetectionModel."""
     ours = raw.get("ymir")
     if isinstance(ours, dict) and ours.get("format") == FORMAT and isinstance(raw.get("model"), PickledObject):
         return _from_ours(dict(ours, state_dict=stand_in_state_dict(raw["model"])), path)
@@ -179,7 +190,7 @@ def transfer_weights(model: nn.Module, state_dict: Dict[str, torch.Tensor],
 def yolov5_layout_model(model: DetectionModel, names: List[str], hyp: Optional[dict] = None) -> DetectionModel:
     """A copy of `model` as YOLOv5's train.py leaves one in a checkpoint: fp16, eval mode, no gradients, names as
     a dict, `nc` and `hyp` attributes; the Detect head's grids empty (rebuilt for each input size)."""
-    portable = copy.deepcopy(model).eval().half()
+    portable = copy.deepcopy(model).eval().cpu().half()  # loadable without a GPU
     for p in portable.parameters():
         p.requires_grad_(False)
     portable.names = dict(enumerate(names))

@@ -72,19 +72,21 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"ymir-yolov5: no task here ({mapper.env_file} does not exist and {mapper.out_root} is not a folder): "
               "run it inside the image as YMIR does, or give a task folder with --in IN --out OUT", flush=True)
         return 2
-    with console_copy(mapper) if args.out_dir and not rank else contextlib.nullcontext():
+    with contextlib.ExitStack() as stack:
+        if args.out_dir and not rank:
+            copy_console(mapper, stack)
         return run_task(mapper)
 
 
-def console_copy(mapper: PathMapper):
-    """By hand (--out given), the console is also appended to the executor log, as YMIR writes it."""
+def copy_console(mapper: PathMapper, stack: contextlib.ExitStack) -> None:
+    """By hand (--out given), the console is also appended to the executor log, as YMIR writes it; when that
+    cannot be set up, the task runs without the copy."""
     path = mapper.output.executor_log_file
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return ConsoleCopy(path)
+        stack.enter_context(ConsoleCopy(path))
     except OSError as exc:
         LOG.warning("no copy of this log in %s: %s", path, exc)
-        return contextlib.nullcontext()
 
 
 def run_task(mapper: PathMapper) -> int:

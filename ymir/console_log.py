@@ -27,16 +27,21 @@ class ConsoleCopy:
         self._streams: List[Tuple[int, int, threading.Thread]] = []  # fd, its saved original, its pump
 
     def __enter__(self) -> ConsoleCopy:
-        for stream, fd in ((sys.stdout, 1), (sys.stderr, 2)):
-            stream.flush()
-            original = os.dup(fd)
-            read_end, write_end = os.pipe()
-            os.dup2(write_end, fd)
-            os.close(write_end)
-            pump = threading.Thread(target=self._pump, args=(read_end, original), daemon=True,
-                                    name=f"console-copy-{fd}")
-            pump.start()
-            self._streams.append((fd, original, pump))
+        """Raises OSError (no fd or pipe to spare) with the console left as it was."""
+        try:
+            for stream, fd in ((sys.stdout, 1), (sys.stderr, 2)):
+                stream.flush()
+                original = os.dup(fd)
+                read_end, write_end = os.pipe()
+                os.dup2(write_end, fd)
+                os.close(write_end)
+                pump = threading.Thread(target=self._pump, args=(read_end, original), daemon=True,
+                                        name=f"console-copy-{fd}")
+                pump.start()
+                self._streams.append((fd, original, pump))
+        except OSError:
+            self.__exit__(None, None, None)
+            raise
         return self
 
     def _pump(self, read_end: int, original: int) -> None:
@@ -57,7 +62,8 @@ class ConsoleCopy:
             os.dup2(original, fd)  # the pipe's last writer (ours) is gone: its pump reads to the end and stops
         for _, original, pump in self._streams:
             pump.join(JOIN_SECONDS)  # a process that outlived the task would hold the pipe open: do not wait
-            os.close(original)
+            if not pump.is_alive():  # a pump still running keeps its fd (closing it could send its output to
+                os.close(original)   # whatever file takes that number next); the process ends soon anyway
         with self._lock:
             self._file.close()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import math
 import os
 import random
 import shutil
@@ -22,10 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-import cv2
-import numpy as np
 import yaml
 
+from utils.data.images import ImageReadError, probe_image
 from ymir.annotations import AnnotationFileError, parse_voc
 
 TASKS = ("training", "mining", "infer", "mining+infer")
@@ -211,6 +211,8 @@ def yolo_boxes(text: str, width: int, height: int, num_classes: int) -> Tuple[Li
             continue
         try:
             cls, cx, cy, w, h = int(fields[0]), *(float(f) for f in fields[1:])
+            if not all(math.isfinite(v) for v in (cx, cy, w, h)):
+                raise ValueError
         except ValueError:
             problems.append(f"line {number}: expected 'class cx cy w h', got {line.strip()!r}")
             continue
@@ -258,11 +260,12 @@ def read_dataset_folder(images_root: Path, labels: str, class_names: Sequence[st
             report.skipped.append(f"{path}: the same image as {seen[sha1]}")
             continue
         seen[sha1] = path
-        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
-        if decoded is None:
-            report.skipped.append(f"{path}: not a readable image")
+        try:  # the size as displayed (EXIF orientation applied), as the executor and YOLOv5 read it
+            info = probe_image(path)
+        except ImageReadError as exc:
+            report.skipped.append(f"{path}: {exc}")
             continue
-        height, width = decoded.shape[:2]
+        width, height = info.width, info.height
         label = label_file(path, suffix, folders)
         boxes: List[Box] = []
         if label.is_file():

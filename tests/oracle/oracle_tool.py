@@ -259,8 +259,9 @@ def use_checkpoint(ckpt_path, io_path, data_yaml, out_dir):
         io["decoded"] = model(io["input"])[0]
     io["detections"] = non_max_suppression(io["decoded"].clone(), 0.001, 0.6, max_det=300)  # as val.py
     torch.save(io, io_path)
-    hub_model = yolov5.load(ckpt_path, device="cpu")
-    hub_boxes = len(hub_model(np.zeros((64, 64, 3), np.uint8), size=64).xyxy[0])
+    hub_model = yolov5.load(ckpt_path, device="cpu")  # what torch.hub.load(..., "custom", path) builds
+    image = (io["input"][0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)  # RGB, as AutoShape takes
+    hub_boxes = hub_model(image, size=int(io["input"].shape[-1])).xyxy[0]
     size = int(io["input"].shape[-1])
     validation = yolov5.val.run(data=data_yaml, weights=ckpt_path, batch_size=4, imgsz=size, device="cpu",
                                 workers=0, plots=False, project=out_dir, name="val", exist_ok=True)
@@ -269,7 +270,8 @@ def use_checkpoint(ckpt_path, io_path, data_yaml, out_dir):
         legacy = torch.onnx.export  # exporter, which YOLOv5 v7.0 predates (as it predates weights-only loading)
         torch.onnx.export = functools.partial(legacy, dynamo=False)
     exported = yolov5.export.run(weights=ckpt_path, include=("onnx",), imgsz=(size, size), device="cpu")
-    return {"classes": model.names, "stride": model.stride.tolist(), "hub_boxes": hub_boxes,
+    return {"classes": model.names, "stride": model.stride.tolist(), "hub_classes": hub_model.names,
+            "hub_boxes": hub_boxes.tolist(),
             "map50": float(map50), "map50_95": float(map50_95), "onnx": [str(f) for f in exported if f]}
 
 

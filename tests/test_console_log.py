@@ -1,0 +1,39 @@
+"""The local copy of the console (start.py --out): what every process prints reaches both the console and the
+log; a copy that cannot be set up leaves the console as it was."""
+import subprocess
+import sys
+import textwrap
+
+
+def test_the_console_and_its_children_are_copied_and_a_failed_set_up_changes_nothing(tmp_path):
+    log = tmp_path / "ymir-executor-out.log"
+    script = textwrap.dedent(f"""
+        import os, sys
+        from ymir.console_log import ConsoleCopy
+        real_pipe, calls = os.pipe, []
+        def second_pipe_fails():
+            calls.append(1)
+            if len(calls) == 2:
+                raise OSError(24, "Too many open files")
+            return real_pipe()
+        os.pipe = second_pipe_fails
+        try:
+            with ConsoleCopy({str(log)!r}):
+                print("never", flush=True)
+        except OSError:
+            print("set-up refused", flush=True)
+        print("console intact", flush=True)
+        os.pipe = real_pipe
+        with ConsoleCopy({str(log)!r}):
+            print("copied", flush=True)
+            print("an error line", file=sys.stderr, flush=True)
+            os.system("echo from a child")
+        print("after", flush=True)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout
+    console = proc.stdout.splitlines()
+    assert [line for line in console if line != "an error line"] == [
+        "set-up refused", "console intact", "copied", "from a child", "after"] and "an error line" in console
+    assert sorted(log.read_text().splitlines()) == ["an error line", "copied", "from a child"]
