@@ -21,6 +21,10 @@ from ymir.processes import alive
 
 REPO = Path(__file__).resolve().parent.parent
 START = REPO / "start.py"
+# Outer limits that only a hang reaches. No test asserts how fast something happens (a loaded 2-core machine can be
+# many times slower than an idle one): tests wait for the event itself and fail only when it never comes.
+HANG_LIMIT = 1800  # seconds: a whole task, or a process that should end
+EXIT_LIMIT = 300  # seconds: processes that were told to end, or have nothing left to do
 
 
 def tree_fingerprint(root: Path) -> Dict[str, str]:
@@ -61,7 +65,7 @@ class RunResult:
         return self.output.strip().splitlines()[-2:]
 
 
-def run_start(workdir: Path, timeout: float = 600, extra_env: Optional[dict] = None) -> RunResult:
+def run_start(workdir: Path, timeout: float = HANG_LIMIT, extra_env: Optional[dict] = None) -> RunResult:
     """Run `start.py --in W/in --out W/out` in a fresh process, with /in read-only; /in must stay unchanged."""
     in_dir, out_dir = workdir / "in", workdir / "out"
     make_read_only(in_dir)
@@ -77,9 +81,20 @@ def run_start(workdir: Path, timeout: float = 600, extra_env: Optional[dict] = N
     return RunResult(proc.returncode, proc.stdout, monitor)
 
 
-def processes_naming(text: str, grace: float = 5.0) -> List[str]:
+def wait_until_gone(pids, limit: float = EXIT_LIMIT) -> List[int]:
+    """The pids still alive once all have ended or `limit` seconds have passed, whichever comes first."""
+    deadline = time.monotonic() + limit
+    while True:
+        left = [pid for pid in pids if alive(pid)]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)
+
+
+def processes_naming(text: str, grace: float = EXIT_LIMIT) -> List[str]:
     """Living processes whose command line contains `text` (the task's /in folder names every process of a task:
-    ranks, torchrun, DataLoader workers), after up to `grace` seconds for them to finish exiting."""
+    ranks, torchrun, DataLoader workers), after up to `grace` seconds for them to finish exiting (returns as soon
+    as none is left)."""
     deadline = time.monotonic() + grace
     while True:
         found = []
@@ -168,7 +183,7 @@ def ymir_cmd(version: str, *args) -> dict:
     python = REPO / ".venvs" / f"ymir-cmd-{version}" / "bin" / "python"
     assert python.exists(), f"{python} is missing: run tools/bootstrap.sh"
     proc = subprocess.run([str(python), str(PROBE), *map(str, args)], capture_output=True,
-                          text=True, timeout=300,
+                          text=True, timeout=HANG_LIMIT,
                           env={"PATH": os.environ.get("PATH", ""), "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from models.yolo import DetectionModel
-from tests.helpers import REPO, WritesAFile, load_trusted, oracle
+from tests.helpers import HANG_LIMIT, REPO, WritesAFile, load_trusted, oracle
 from utils.checkpoint import (
     CheckpointError,
     build_model,
@@ -47,7 +47,7 @@ def test_official_checkpoint_gives_the_originals_outputs(tmp_path, cfg):
     oracle("checkpoint", cfg, 3, ckpt, io, 7, 128)
     script = PARITY_SCRIPT.format(repo=str(REPO), ckpt=str(ckpt), io=str(io))
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=300, cwd=str(tmp_path))
+                          timeout=HANG_LIMIT, cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert float(proc.stdout.strip()) <= 1e-4
 
@@ -112,6 +112,20 @@ def test_our_checkpoint_has_yolov5s_layout_and_round_trips(tmp_path):
         expected, _ = model.half().float().eval()(x)
         got, _ = rebuilt(x)
     assert (expected - got).abs().max() < 1e-5
+
+
+def test_a_model_trained_channels_last_is_saved_in_the_standard_memory_format(tmp_path):
+    """The trainer runs channels-last; YOLOv5's attempt_load fuses with weight.view(out, -1), which needs the
+    standard layout in the file. The model being trained keeps its own format."""
+    model = DetectionModel("yolov5n", nc=2).to(memory_format=torch.channels_last)
+    assert not model.model[1].conv.weight.is_contiguous()
+    path = tmp_path / "ours.pt"
+    save_checkpoint(path, model, ["cat", "dog"])
+    pickled = load_trusted(path)["model"]
+    assert all(t.is_contiguous() for t in pickled.state_dict().values())
+    conv = pickled.model[1].conv
+    conv.weight.clone().view(conv.out_channels, -1)  # what fuse_conv_and_bn does first
+    assert not model.model[1].conv.weight.is_contiguous()
 
 
 def test_a_checkpoint_of_the_earlier_plain_format_still_loads():

@@ -4,6 +4,8 @@ import subprocess
 import sys
 import textwrap
 
+from tests.helpers import HANG_LIMIT
+
 
 def test_the_console_and_its_children_are_copied_and_a_failed_set_up_changes_nothing(tmp_path):
     log = tmp_path / "ymir-executor-out.log"
@@ -31,7 +33,7 @@ def test_the_console_and_its_children_are_copied_and_a_failed_set_up_changes_not
         print("after", flush=True)
     """)
     proc = subprocess.run([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, timeout=60)
+                          text=True, timeout=HANG_LIMIT)
     assert proc.returncode == 0, proc.stdout
     console = proc.stdout.splitlines()
     assert [line for line in console if line != "an error line"] == [

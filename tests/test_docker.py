@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from models.yolo import DetectionModel
-from tests.helpers import REPO, WritesAFile, make_read_only, oracle, readable_tmp_dir, tree_fingerprint
+from tests.helpers import HANG_LIMIT, REPO, WritesAFile, make_read_only, oracle, readable_tmp_dir, tree_fingerprint
 from tools.fetch_weights import UNPINNED, read_lock
 from tools.fetch_weights import main as fetch_main
 from utils.checkpoint import save_checkpoint
@@ -284,7 +284,7 @@ def test_cmd_script_runs_a_task_with_read_only_in_no_home_and_another_uid(shared
     prefix = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"] if as_other_user else []
     result = subprocess.run(prefix + ["bash", str(REPO / "docker" / "start.sh"), "--in", str(work / "in"),
                                       "--out", str(work / "out")], env=env, cwd="/", capture_output=True, text=True,
-                            timeout=300)
+                            timeout=HANG_LIMIT)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert tree_fingerprint(work / "in") == before
     detection = yaml.safe_load((work / "out" / "infer-result.json").read_text())["detection"]

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.helpers import HANG_LIMIT, REPO
+
 ORACLE_SITE = next((REPO / ".venvs" / "oracle" / "lib").glob("python3*/site-packages"), None)
 # What the original YOLOv5 imports beyond this venv's packages, as tools/gpu_check.sh --prepare carries it; the
 # plotting and data-frame libraries stay out, as on the GPU machine (bench/original_offline.py stands in for them)
@@ -27,7 +28,7 @@ def original_site(tmp_path: Path) -> Path:
 def test_the_dry_run_runs_every_step_and_reports_each(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(original_site(tmp_path)))
     proc = subprocess.run(["bash", str(REPO / "tools/gpu_check.sh"), "--dry-run", "--out", str(tmp_path / "report")],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900, env=env)
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=HANG_LIMIT, env=env)
     assert proc.returncode == 0, proc.stdout[-4000:]
     report = json.loads((tmp_path / "report/gpu-check.json").read_text())
     steps = {s["name"]: s for s in report["steps"]}
@@ -49,6 +50,6 @@ def test_the_dry_run_runs_every_step_and_reports_each(tmp_path):
 def test_without_a_gpu_the_real_run_refuses_in_one_line(tmp_path):
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")  # no GPU, even on a machine that has one
     proc = subprocess.run(["bash", str(REPO / "tools/gpu_check.sh"), "--out", str(tmp_path / "r")],
-                          capture_output=True, text=True, timeout=300, env=env)
+                          capture_output=True, text=True, timeout=HANG_LIMIT, env=env)
     assert proc.returncode == 2 and "no CUDA device here: run with --dry-run" in proc.stderr
     assert not (tmp_path / "r").exists()

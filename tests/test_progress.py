@@ -18,7 +18,7 @@ def test_a_line_needs_both_the_interval_and_the_steps():
         line.update(step, 4, detail=lambda: "loss 0.5", eta_total=lambda: 3700)
     # every 10 s (the rarer condition here), never for the last step
     assert len(lines) == 9
-    assert lines[0] == "images 10/100, 4.0 images/s, ETA 1m30s (run: 1h01m), loss 0.5"
+    assert lines[0] == "images 10/100, 4.0 images/s, ETA 1m30s (task: 1h01m left), loss 0.5"
     clock2, lines2 = Clock(), []
     fast = ProgressLine("batch", 1000, min_seconds=10, min_steps=200, clock=clock2,
                         log=lambda f, *a: lines2.append(f % a))

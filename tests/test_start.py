@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import edit_yaml, run_start, ymir_cmd
+from tests.helpers import HANG_LIMIT, edit_yaml, run_start, ymir_cmd
 from ymir.demo import make_workdir
 from ymir.errors import CONFIG_ERROR, DATASET_ERROR
 
@@ -114,7 +114,7 @@ def test_no_child_process_outlives_a_failure(tmp_path):
     """))
     work = make_workdir(tmp_path / "w", "infer", num_candidates=1)
     proc = subprocess.run([sys.executable, str(script), str(work / "in"), str(work / "out")],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=HANG_LIMIT)
     assert proc.returncode == 1 and "rank 1 died" in proc.stdout.splitlines()[-1]
     assert not alive(int(pid_file.read_text()))
     monitor = (work / "out" / "monitor.txt").read_text().splitlines()[0].split("\t")
@@ -160,7 +160,7 @@ def test_yaml_alias_bombs_are_refused_cheaply(tmp_path, target):
     bomb = alias_chain(9) + f"{'args_options' if target == 'args_options' else 'bomb'}: *a8\n"
     path.write_text(bomb + yaml.safe_dump(data))
     assert len(path.read_bytes()) < 2000 + len(yaml.safe_dump(data))
-    result = run_start(work, timeout=120)
+    result = run_start(work, timeout=HANG_LIMIT)
     assert_failed(result, CONFIG_ERROR, name, "more than 100,000 values")
     assert len((work / "out" / "monitor.txt").read_bytes()) < 20_000
 
@@ -271,7 +271,7 @@ def test_an_unexpected_error_keeps_its_traceback(tmp_path):
         ymir.app.run = broken
         sys.exit(ymir.app.main(["--in", {str(work / "in")!r}, "--out", {str(work / "out")!r}]))
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=HANG_LIMIT)
     assert proc.returncode != 0 and "Traceback" in proc.stdout and "ZeroDivisionError: a bug" in proc.stdout
     monitor = (work / "out" / "monitor.txt").read_text()
     assert monitor.splitlines()[0].split("\t")[3:] == ["4", "0", "ZeroDivisionError: a bug"]
@@ -282,6 +282,6 @@ def test_no_task_folder_outside_the_container_writes_nothing(tmp_path):
     missing = tmp_path / "nothing"
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve().parent.parent / "start.py"), "--in",
                            str(missing / "in"), "--out", str(missing / "out")], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=HANG_LIMIT)
     assert proc.returncode == 2 and "give a task folder with --in IN --out OUT" in proc.stdout
     assert not missing.exists()

@@ -1,5 +1,6 @@
 """Training through start.py on tiny generated datasets: stages YMIR accepts, each weights origin, reports."""
 import csv
+import re
 
 import pytest
 import torch
@@ -48,6 +49,12 @@ def test_training_writes_stages_the_platform_packs(tmp_path):
     assert result.monitor_fields[2:4] == ["1.0000", "2"]
     assert "random initialisation" in result.output.lower()
     assert "best model: epoch" in result.output
+    # every epoch's line tells the time left for the whole training, the last one how long it took
+    epoch_lines = [line for line in result.output.splitlines() if re.search(r" epoch \d+/2 ", line)]
+    assert len(epoch_lines) == 2
+    took = r"(\d+ s|\d+m\d\ds|\d+h\d\dm)"  # utils.progress.duration, however slow the machine
+    assert re.search(rf"elapsed {took}, ETA {took}\)$", epoch_lines[0]), epoch_lines[0]
+    assert re.search(rf"training done in {took}\)$", epoch_lines[1]), epoch_lines[1]
 
 
 def test_epoch_stages_when_not_best_only(tmp_path):

@@ -6,10 +6,11 @@ import subprocess
 
 import numpy as np
 import onnxruntime
+import pytest
 import torch
 import yaml
 
-from tests.helpers import REPO, run_start
+from tests.helpers import HANG_LIMIT, REPO, run_start
 from utils.checkpoint import build_model, load_plain, read_checkpoint
 from utils.inference import Detector, LetterboxedImages, collate
 from utils.nms import non_max_suppression
@@ -39,26 +40,56 @@ def yolo_dataset(work, root):
     return data, sorted((root / "images").iterdir())
 
 
-def test_a_trained_stage_is_used_by_the_original_yolov5_as_its_own(tmp_path):
+def train_stage(tmp_path, model="yolov5n", epochs=3, processes="1"):
+    """A stage trained by start.py, the production path (channels-last training, the EMA, DDP when processes
+    is 2): the best stage's weights file and the task folder."""
     work = make_workdir(tmp_path / "task", "training", num_train=32, num_val=8, image_size=(SIDE, SIDE), seed=3,
-                        config={"epochs": 3, "img_size": IMG_SIZE, "batch_size_per_gpu": 8, "model": "yolov5n",
+                        config={"epochs": epochs, "img_size": IMG_SIZE, "batch_size_per_gpu": 8, "model": model,
+                                "num_workers_per_gpu": 0,
                                 "args_options": "--hyp warmup_epochs=0 mosaic=0 lr0=0.02"})
-    trained = run_start(work)
+    trained = run_start(work, extra_env={"YMIR_CPU_PROCESSES": processes})
     assert trained.returncode == 0, trained.output[-3000:]
-    weights = work / "out" / "models" / "best" / "best.pt"
-    data, images = yolo_dataset(work, tmp_path / "yolo")
-    batch, _ = collate([LetterboxedImages(images, IMG_SIZE)[i] for i in range(len(images))])
-    io_path = tmp_path / "io.pt"
-    torch.save({"input": batch.float() / 255}, io_path)
+    assert ("sharded" in trained.output or "batch 8 x 2" in trained.output) == (processes == "2")
+    return work / "out" / "models" / "best" / "best.pt", work
 
-    # the original, alone: isolated mode (no PYTHONPATH, no script folder on sys.path), started elsewhere;
-    # torch >= 2.6 refuses every YOLOv5 checkpoint (official ones too) unless told to unpickle its classes
+
+def run_original(command, *args, cwd):
+    """One oracle command in a process where only the original YOLOv5 is importable: isolated mode (no
+    PYTHONPATH, no script folder on sys.path), started elsewhere; torch >= 2.6 refuses every YOLOv5 checkpoint
+    (official ones too) unless told to unpickle its classes, as the README says."""
     env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
-    proc = subprocess.run([str(ORACLE_PYTHON), "-I", str(ORACLE_TOOL), "use_checkpoint", str(weights), str(io_path),
-                           str(data), str(tmp_path / "runs")], capture_output=True, text=True, timeout=600,
-                          cwd=str(tmp_path), env=env)
+    proc = subprocess.run([str(ORACLE_PYTHON), "-I", str(ORACLE_TOOL), command, *map(str, args)],
+                          capture_output=True, text=True, timeout=HANG_LIMIT, cwd=str(cwd), env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    answer = json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def letterboxed_batch(images, io_path):
+    batch, _ = collate([LetterboxedImages(images, IMG_SIZE)[i] for i in range(len(images))])
+    torch.save({"input": batch.float() / 255}, io_path)
+    return batch
+
+
+def assert_same_detections(ours, theirs, top=20, min_score=0.002, score_tol=0.02, box_tol=0.5):
+    """Each image's `top` best detections (score >= min_score) of either side are among the other's (conf 0.001):
+    the same class, corners within box_tol px, the score within score_tol. Returns how many were compared."""
+    compared = 0
+    for a_dets, b_dets in ((ours, theirs), (theirs, ours)):
+        for a, b in zip(a_dets, b_dets):
+            for row in a[a[:, 4] >= min_score][:top]:
+                close = ((b[:, :4] - row[:4]).abs().max(1).values < box_tol) \
+                    & ((b[:, 4] - row[4]).abs() < score_tol) & (b[:, 5] == row[5])
+                assert close.any(), (row, b[:5])
+                compared += 1
+    return compared
+
+
+def test_a_trained_stage_is_used_by_the_original_yolov5_as_its_own(tmp_path):
+    weights, work = train_stage(tmp_path)
+    data, images = yolo_dataset(work, tmp_path / "yolo")
+    io_path = tmp_path / "io.pt"
+    batch = letterboxed_batch(images, io_path)
+    answer = run_original("use_checkpoint", weights, io_path, data, tmp_path / "runs", cwd=tmp_path)
     assert answer["classes"] == {str(i): n for i, n in enumerate(CLASS_NAMES)}
     assert answer["stride"] == [8.0, 16.0, 32.0]
     assert answer["hub_classes"] == answer["classes"]
@@ -92,3 +123,20 @@ def test_a_trained_stage_is_used_by_the_original_yolov5_as_its_own(tmp_path):
     (exported, *_) = session.run(None, {session.get_inputs()[0].name: batch[:1].float().numpy() / 255})
     assert exported.shape == tuple(ours[:1].shape)
     assert (np.abs(exported - ours[:1].numpy()) / (1 + np.abs(ours[:1].numpy()))).max() < 1e-3
+
+
+@pytest.mark.parametrize("model, processes", [("yolov5n6", "1"), ("yolov5n", "2")], ids=["P6", "two-processes"])
+def test_stages_of_a_p6_model_and_of_ddp_training_open_in_the_originals_attempt_load(tmp_path, model, processes):
+    """attempt_load with its defaults (it fuses Conv and BatchNorm, which a channels-last weight breaks) opens the
+    stage of a P6 model, and the stage of a two-process training (the model wrapped in DDP, then unwrapped), and
+    finds the boxes our inference finds."""
+    weights, work = train_stage(tmp_path, model=model, epochs=2, processes=processes)
+    images = sorted((work / "in" / "assets").iterdir())[:8]
+    io_path = tmp_path / "io.pt"
+    batch = letterboxed_batch(images, io_path)
+    answer = run_original("detect", weights, io_path, cwd=tmp_path)
+    assert answer["stride"] == ([8.0, 16.0, 32.0, 64.0] if model.endswith("6") else [8.0, 16.0, 32.0])
+    theirs = load_plain(io_path)["detections"]
+    decoded, _ = Detector(build_model(read_checkpoint(weights)), torch.device("cpu"))(batch)
+    ours = non_max_suppression(decoded, 0.001, 0.6, max_det=300)
+    assert assert_same_detections(ours, theirs) > 0

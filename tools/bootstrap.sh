@@ -29,7 +29,10 @@ fi
 if [ ${#packages[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
     say "installing ${packages[*]} (Debian packages) for the image test"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null
+    # another apt (a fresh machine's unattended upgrades) may hold the lock: wait for it rather than fail
+    apt_wait=(-o DPkg::Lock::Timeout=900)
+    apt-get "${apt_wait[@]}" update -qq \
+      && DEBIAN_FRONTEND=noninteractive apt-get "${apt_wait[@]}" install -y -qq "${packages[@]}" >/dev/null
   else
     echo "bootstrap: warning: the image test needs ${packages[*]}; install them as root (it fails without them)" >&2
   fi

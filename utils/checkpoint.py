@@ -188,9 +188,13 @@ def transfer_weights(model: nn.Module, state_dict: Dict[str, torch.Tensor],
 
 
 def yolov5_layout_model(model: DetectionModel, names: List[str], hyp: Optional[dict] = None) -> DetectionModel:
-    """A copy of `model` as YOLOv5's train.py leaves one in a checkpoint: fp16, eval mode, no gradients, names as
-    a dict, `nc` and `hyp` attributes; the Detect head's grids empty (rebuilt for each input size)."""
+    """A copy of `model` as YOLOv5's train.py leaves one in a checkpoint: fp16, eval mode, no gradients, in the
+    standard (contiguous) memory format whatever format it trained in, names as a dict, `nc` and `hyp` attributes;
+    the Detect head's grids empty (rebuilt for each input size). The memory format matters: YOLOv5's
+    attempt_load fuses each Conv with its BatchNorm through `weight.view(out_channels, -1)`, which a
+    channels-last weight refuses."""
     portable = copy.deepcopy(model).eval().cpu().half()  # loadable without a GPU
+    portable.to(memory_format=torch.contiguous_format)
     for p in portable.parameters():
         p.requires_grad_(False)
     portable.names = dict(enumerate(names))

@@ -21,8 +21,9 @@ def duration(seconds: float) -> str:
 
 
 class ProgressLine:
-    """Logs `what done/total, images/s, ETA[, detail]` when at least `min_seconds` and `min_steps` steps have
-    passed since the last line (whichever is rarer), never for the last step (the caller's summary follows)."""
+    """Logs `what done/total, images/s, ETA[ (task: T left)][, detail]` when at least `min_seconds` and `min_steps`
+    steps have passed since the last line (whichever is rarer), never for the last step (the caller's summary
+    follows)."""
 
     def __init__(self, what: str, total: int, min_seconds: float = MIN_SECONDS, min_steps: int = MIN_STEPS,
                  clock: Callable[[], float] = time.monotonic, log: Callable[..., None] = LOG.info):
@@ -46,7 +47,7 @@ class ProgressLine:
         rate = self.images / max(elapsed, 1e-9)
         text = f"{self.what} {done}/{self.total}, {rate:.1f} images/s, ETA {duration(eta)}"
         if eta_total is not None:
-            text += f" (run: {duration(eta_total())})"
+            text += f" (task: {duration(eta_total())} left)"
         self.log("%s%s", text, f", {detail()}" if detail is not None else "")
         self.last_time, self.last_step = now, done
         return True

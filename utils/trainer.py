@@ -29,7 +29,7 @@ from utils.hyperparameters import NOMINAL_BATCH
 from utils.loss import YoloLoss
 from utils.metrics import DetectionMetrics
 from utils.optim import build_optimizer, build_scheduler, lr_lambda, warmup, warmup_accumulation
-from utils.progress import ProgressLine
+from utils.progress import ProgressLine, duration
 from utils.validate import summary_line, validate
 
 LOG = logging.getLogger(__name__)
@@ -280,6 +280,16 @@ class Trainer:
         if self.ema:
             self.ema.update(self.net)
 
+    def time_left(self, epochs_done: int) -> float:
+        """Seconds the remaining epochs (training and validation) should take, at the pace of those done."""
+        done = epochs_done / self.s.epochs
+        return (time.time() - self.run_started) / done * (1 - done)
+
+    def time_left_line(self, epoch: int) -> str:
+        if epoch + 1 >= self.s.epochs:
+            return f"training done in {duration(time.time() - self.run_started)}"
+        return f"elapsed {duration(time.time() - self.run_started)}, ETA {duration(self.time_left(epoch + 1))}"
+
     # ---- after_epoch --------------------------------------------------------------------------------------------
 
     def after_epoch(self, epoch: int, losses: torch.Tensor, lrs: List[float], examples: list,
@@ -314,8 +324,9 @@ class Trainer:
         improved = self.best is None or metrics.fitness > self.best.fitness
         if improved:
             self.best, self.best_epoch = metrics, epoch
-        LOG.info("epoch %d/%d  loss box %.4f obj %.4f cls %.4f  %s%s  (%.1fs)", epoch + 1, s.epochs, *losses.tolist(),
-                 summary_line(metrics), "  (best)" if improved else "", time.time() - started)
+        LOG.info("epoch %d/%d  loss box %.4f obj %.4f cls %.4f  %s%s  (%.1fs, %s)", epoch + 1, s.epochs,
+                 *losses.tolist(), summary_line(metrics), "  (best)" if improved else "", time.time() - started,
+                 self.time_left_line(epoch))
         report = EpochReport(epoch, losses.tolist(), lrs, metrics, improved, time.time() - started,
                              confusion.matrix, examples, train_examples)
         keep_going = self.on_epoch(report, self.best, self.ema.ema)

@@ -233,6 +233,32 @@ def train_steps(io_path, cfg, nc):
     return {"steps": len(losses)}
 
 
+def detect(ckpt_path, io_path):
+    """What detect.py and val.py do with a weights file: attempt_load with its default arguments (CPU, fused
+    Conv+BatchNorm), then predict on IO's `input` batch (adds `decoded` and `detections`, its NMS as val.py runs
+    it: conf 0.001, IoU 0.6, 300 per image). Run where only the original is importable."""
+    import importlib.util
+
+    from yolov5.models.experimental import attempt_load
+    from yolov5.utils.general import non_max_suppression
+
+    # As in a clone of the repository (detect.py, val.py, torch.hub's 'ultralytics/yolov5'), where `models` is the
+    # only package of that name: the pickled models.common classes are the ones fuse() knows, so it fuses. (The
+    # PyPI package alone unpickles them as a second copy of the modules, and its fuse() then skips every layer.)
+    sys.modules.update(ORIGINAL_MODULES)
+    model = attempt_load(ckpt_path)
+    loaded_from = sys.modules[type(model).__module__].__file__
+    assert loaded_from.startswith(str(Path(yolov5.__file__).parent)), loaded_from
+    assert importlib.util.find_spec("ymir") is None, "the product is importable in the original's process"
+    assert all(not hasattr(m, "bn") for m in model.modules() if type(m).__name__ == "Conv"), "not fused"
+    io = torch.load(io_path, weights_only=True)
+    with torch.no_grad():
+        io["decoded"] = model(io["input"])[0]
+    io["detections"] = non_max_suppression(io["decoded"].clone(), 0.001, 0.6, max_det=300)  # as val.py
+    torch.save(io, io_path)
+    return {"model": model, "classes": model.names, "stride": model.stride.tolist()}
+
+
 def use_checkpoint(ckpt_path, io_path, data_yaml, out_dir):
     """What a YOLOv5 user does with a checkpoint file, with the original's own functions: load it
     (attempt_load, as detect.py and val.py do), predict on IO's `input` batch (adds `decoded` and `detections`,
@@ -241,24 +267,14 @@ def use_checkpoint(ckpt_path, io_path, data_yaml, out_dir):
 
     Run in a process of its own where only the original is importable: `models` must resolve to its package."""
     import functools
-    import importlib.util
     import inspect
 
     import numpy as np
     import yolov5.export
     import yolov5.val
-    from yolov5.models.experimental import attempt_load
-    from yolov5.utils.general import non_max_suppression
 
-    model = attempt_load(ckpt_path, device="cpu")
-    loaded_from = sys.modules[type(model).__module__].__file__
-    assert loaded_from.startswith(str(Path(yolov5.__file__).parent)), loaded_from
-    assert importlib.util.find_spec("ymir") is None, "the product is importable in the original's process"
+    model = detect(ckpt_path, io_path)["model"]
     io = torch.load(io_path, weights_only=True)
-    with torch.no_grad():
-        io["decoded"] = model(io["input"])[0]
-    io["detections"] = non_max_suppression(io["decoded"].clone(), 0.001, 0.6, max_det=300)  # as val.py
-    torch.save(io, io_path)
     hub_model = yolov5.load(ckpt_path, device="cpu")  # what torch.hub.load(..., "custom", path) builds
     image = (io["input"][0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)  # RGB, as AutoShape takes
     hub_boxes = hub_model(image, size=int(io["input"].shape[-1])).xyxy[0]
@@ -276,7 +292,8 @@ def use_checkpoint(ckpt_path, io_path, data_yaml, out_dir):
 
 
 COMMANDS = {"loss": loss, "metrics": metrics, "keys": keys, "checkpoint": checkpoint, "nms": nms,
-            "letterbox": letterbox, "train_steps": train_steps, "use_checkpoint": use_checkpoint}
+            "letterbox": letterbox, "train_steps": train_steps, "use_checkpoint": use_checkpoint,
+            "detect": lambda ckpt, io: {k: v for k, v in detect(ckpt, io).items() if k != "model"}}
 
 def serve():
     """One JSON list [command, *args] per input line -> one JSON result per output line (imports paid once)."""
