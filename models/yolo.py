@@ -8,6 +8,7 @@ import ast
 import copy
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Type, Union
 
@@ -28,6 +29,10 @@ STRIDE_PROBE_SIZE = 256
 # Layers whose first two arguments are (input channels, output channels) and that take an activation.
 _CONV_LIKE = {"Conv": Conv, "Bottleneck": Bottleneck, "C3": C3, "SPPF": SPPF}
 _REPEATED_INSIDE = {"C3"}  # the repeat count is an argument of the block, not a stack of blocks
+
+
+class ArchitectureError(ValueError):
+    """An architecture description this code cannot build (an unknown module, a malformed layer list)."""
 
 
 def architecture(name: str) -> dict:
@@ -62,13 +67,73 @@ def _argument(value, nc: int, anchors):
         return value  # e.g. 'nearest'
 
 
-def build_layers(cfg: dict, in_channels: int, activation: Type[nn.Module]):
-    """Returns (nn.Sequential of layers, sorted indices of the layers whose outputs later layers read)."""
+# Bounds on an architecture description read from a file: far beyond every YOLOv5 model (x6: 1.33 / 1.25, at most
+# 9 repeats, 1024 channels, 4 levels of 3 anchors), far below what would make building it a hang or an OOM kill.
+MAX_CLASSES = 10_000
+MAX_MULTIPLE = 3.0
+MAX_LAYERS = 256
+MAX_REPEATS = 64
+MAX_CHANNELS = 8192
+MAX_LEVELS, MAX_ANCHORS_PER_LEVEL = 8, 16
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """One layer as the description asks for it, before any module exists: what it is, what it reads, its
+    arguments (channels scaled and filled in), how many times it is stacked and its output channels."""
+
+    index: int
+    source: Union[int, List[int]]
+    kind: str
+    args: tuple
+    repeats: int
+    out_channels: int
+
+
+def _number_in(value, low: float, high: float) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and low < value <= high
+
+
+def check_description(cfg: dict) -> None:
+    """Bounds on what the description asks to build (classes, multiples, layers, repeats, anchors), checked before
+    anything is allocated. Raises ArchitectureError."""
+    if not isinstance(cfg, dict):
+        raise ArchitectureError(f"the architecture is a {type(cfg).__name__}, not a mapping")
+    nc, anchors = cfg.get("nc"), cfg.get("anchors")
+    if not (isinstance(nc, int) and not isinstance(nc, bool) and 1 <= nc <= MAX_CLASSES):
+        raise ArchitectureError(f"nc = {nc!r}: a number of classes from 1 to {MAX_CLASSES:,}")
+    for key in ("depth_multiple", "width_multiple"):
+        if not _number_in(cfg.get(key), 0, MAX_MULTIPLE):
+            raise ArchitectureError(f"{key} = {cfg.get(key)!r}: a number in (0, {MAX_MULTIPLE}]")
+    if isinstance(anchors, list):
+        if not (1 <= len(anchors) <= MAX_LEVELS and all(
+                isinstance(level, list) and 2 <= len(level) <= 2 * MAX_ANCHORS_PER_LEVEL and len(level) % 2 == 0
+                and all(_number_in(a, 0, 1e5) for a in level) for level in anchors)):
+            raise ArchitectureError(f"anchors: 1 to {MAX_LEVELS} levels of up to {MAX_ANCHORS_PER_LEVEL} "
+                                    "(width, height) pairs of positive sizes")
+    elif not (isinstance(anchors, int) and 1 <= anchors <= MAX_ANCHORS_PER_LEVEL):
+        raise ArchitectureError(f"anchors = {str(anchors)[:80]}: a list of levels or a number of anchors")
+    layers = cfg.get("backbone"), cfg.get("head")
+    if not all(isinstance(part, list) for part in layers) or not 2 <= len(layers[0]) + len(layers[1]) <= MAX_LAYERS:
+        raise ArchitectureError(f"backbone and head: lists of 2 to {MAX_LAYERS} layers in all")
+    for i, layer in enumerate(layers[0] + layers[1]):
+        if not (isinstance(layer, list) and len(layer) == 4 and isinstance(layer[3], list)):
+            raise ArchitectureError(f"layer {i}: [from, repeats, module, arguments] expected, got {str(layer)[:80]}")
+        if not (isinstance(layer[1], int) and 1 <= layer[1] <= MAX_REPEATS):
+            raise ArchitectureError(f"layer {i}: repeats = {layer[1]!r}: an integer from 1 to {MAX_REPEATS}")
+        if layer[2] in _CONV_LIKE and not _number_in(layer[3][0] if layer[3] else None, 0, MAX_CHANNELS):
+            raise ArchitectureError(f"layer {i}: {str(layer[3])[:80]}: the first argument is a number of channels "
+                                    f"up to {MAX_CHANNELS}")
+
+
+def plan_layers(cfg: dict, in_channels: int = 3) -> List[LayerPlan]:
+    """What build_layers builds, computed from the description alone (checked first: check_description)."""
+    check_description(cfg)
     nc, anchors = cfg["nc"], cfg["anchors"]
     gd, gw = cfg["depth_multiple"], cfg["width_multiple"]
-    num_outputs = (len(anchors[0]) // 2) * (nc + 5)
+    num_outputs = (anchors if isinstance(anchors, int) else len(anchors[0]) // 2) * (nc + 5)
     channels: List[int] = [in_channels]
-    layers, saved = [], set()
+    plans = []
     for i, (source, repeats, kind, args) in enumerate(cfg["backbone"] + cfg["head"]):
         args = [_argument(a, nc, anchors) for a in args]
         n = scaled_repeats(repeats, gd)
@@ -80,32 +145,47 @@ def build_layers(cfg: dict, in_channels: int, activation: Type[nn.Module]):
             if kind in _REPEATED_INSIDE:
                 args.insert(2, n)
                 n = 1
-            make = lambda cls=_CONV_LIKE[kind], a=tuple(args): cls(*a, activation=activation)  # noqa: E731
         elif kind == "Concat":
             c2 = sum(channels[j] for j in source)
-            make = lambda a=tuple(args): Concat(*a)  # noqa: E731
         elif kind == "Detect":
             args.append([channels[j] for j in source])
             if isinstance(args[1], int):  # a number of anchors instead of sizes
                 args[1] = [list(range(args[1] * 2))] * len(source)
             c2 = channels[source] if isinstance(source, int) else channels[source[0]]
-            make = lambda a=tuple(args): Detect(*a)  # noqa: E731
-        elif kind == "nn.Upsample":
+        elif kind in ("nn.Upsample", "nn.BatchNorm2d"):
             c2 = channels[source]
-            make = lambda a=tuple(args): nn.Upsample(*a)  # noqa: E731
-        elif kind == "nn.BatchNorm2d":
-            c2 = channels[source]
-            make = lambda c=channels[source]: nn.BatchNorm2d(c)  # noqa: E731
         else:
             raise ArchitectureError(f"layer {i}: unsupported module {kind!r}")
-        layer = nn.Sequential(*(make() for _ in range(n))) if n > 1 else make()
-        layer.i, layer.f, layer.type = i, source, kind
-        layer.np = sum(p.numel() for p in layer.parameters())
-        saved.update(j % i for j in ([source] if isinstance(source, int) else source) if j != -1)
-        layers.append(layer)
+        plans.append(LayerPlan(i, source, kind, tuple(args), n, c2))
         if i == 0:
             channels = []
         channels.append(c2)
+    return plans
+
+
+def _make_layer(plan: LayerPlan, activation: Type[nn.Module]) -> nn.Module:
+    if plan.kind in _CONV_LIKE:
+        return _CONV_LIKE[plan.kind](*plan.args, activation=activation)
+    if plan.kind == "Concat":
+        return Concat(*plan.args)
+    if plan.kind == "Detect":
+        return Detect(*plan.args)
+    if plan.kind == "nn.Upsample":
+        return nn.Upsample(*plan.args)
+    return nn.BatchNorm2d(plan.out_channels)
+
+
+def build_layers(cfg: dict, in_channels: int, activation: Type[nn.Module]):
+    """Returns (nn.Sequential of layers, sorted indices of the layers whose outputs later layers read)."""
+    layers, saved = [], set()
+    for plan in plan_layers(cfg, in_channels):
+        i, source = plan.index, plan.source
+        layer = nn.Sequential(*(_make_layer(plan, activation) for _ in range(plan.repeats))) if plan.repeats > 1 \
+            else _make_layer(plan, activation)
+        layer.i, layer.f, layer.type = i, source, plan.kind
+        layer.np = sum(p.numel() for p in layer.parameters())
+        saved.update(j % i for j in ([source] if isinstance(source, int) else source) if j != -1)
+        layers.append(layer)
     return nn.Sequential(*layers), sorted(saved)
 
 
@@ -181,10 +261,6 @@ def _meshgrid_has_indexing() -> bool:
         return "indexing" in inspect.signature(torch.meshgrid).parameters
     except (TypeError, ValueError):  # builtins without a signature (torch >= 1.10 accepts indexing)
         return True
-
-
-class ArchitectureError(ValueError):
-    """An architecture description this code cannot build (an unknown module, a malformed layer list)."""
 
 
 class DetectionModel(nn.Module):

@@ -6,7 +6,7 @@ from ymir.demo import make_workdir
 
 # Modules whose every test runs whole tasks (start.py), trainings, containers or the platform's own code.
 SLOW_MODULES = {"test_start", "test_train_task", "test_predict_task", "test_distributed", "test_image",
-                "test_training_parity", "test_yolov5_checkpoint", "test_ymir_cmd"}
+                "test_training_parity", "test_yolov5_checkpoint", "test_ymir_cmd", "test_hostile_inputs"}
 
 
 def pytest_collection_modifyitems(config, items):

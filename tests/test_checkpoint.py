@@ -186,5 +186,5 @@ def test_a_module_tree_that_loops_is_a_damaged_checkpoint_not_a_hang(tmp_path):
             if layout == "ymir" else {"model": node}
         path = tmp_path / f"{layout}.pt"
         torch.save(raw, str(path))
-        with pytest.raises(CheckpointError, match="damaged checkpoint"):
+        with pytest.raises(CheckpointError, match="damaged checkpoint|architecture is refused"):
             read_checkpoint(path)

@@ -77,11 +77,12 @@ def unletterbox_boxes(boxes, ratio: Sequence[float], pad: Sequence[float], origi
 
 def letterbox_geometry(shape: Tuple[int, int], new_shape: Tuple[int, int], auto: bool = False, stride: int = 32,
                        scaleup: bool = True) -> Tuple[float, Tuple[int, int], Tuple[float, float]]:
-    """Scale, resized size (w, h) and padding (dw, dh per side) of YOLOv5's letterbox for an (h, w) image."""
+    """Scale, resized size (w, h) and padding (dw, dh per side) of YOLOv5's letterbox for an (h, w) image. A side
+    that would round to 0 px (a 3 x 5000 image at 640) is 1 px: a resize to nothing fails in every library."""
     r = min(new_shape[0] / shape[0], new_shape[1] / shape[1])
     if not scaleup:
         r = min(r, 1.0)
-    unpadded = (int(round(shape[1] * r)), int(round(shape[0] * r)))
+    unpadded = (max(int(round(shape[1] * r)), 1), max(int(round(shape[0] * r)), 1))
     dw, dh = new_shape[1] - unpadded[0], new_shape[0] - unpadded[1]
     if auto:
         dw, dh = dw % stride, dh % stride

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from models.activations import DEFAULT_ACTIVATION
-from models.yolo import ArchitectureError, DetectionModel
+from models.yolo import ArchitectureError, DetectionModel, check_description, plan_layers
 from utils import restricted_pickle
 from utils.restricted_pickle import PickledObject
 
@@ -102,12 +102,71 @@ def _stand_in_activation(model: PickledObject) -> str:
     return DEFAULT_ACTIVATION
 
 
-def _names_list(names, nc: int) -> List[str]:
+def _names_list(names, nc: int) -> list:
+    """The class names of an official file, in class-index order (the index itself where a file has none)."""
     if isinstance(names, dict):
-        return [str(names.get(i, i)) for i in range(nc)]
+        return [names.get(i, str(i)) for i in range(nc)]
     if isinstance(names, (list, tuple)) and len(names) == nc:
-        return [str(n) for n in names]
+        return list(names)
     return [str(i) for i in range(nc)]
+
+
+# The module of each conv-like layer whose weight's first dimension is the layer's output channels.
+_OUTPUT_WEIGHT = {"Conv": "conv.weight", "C3": "cv3.conv.weight", "SPPF": "cv2.conv.weight",
+                  "Bottleneck": "cv2.conv.weight"}
+
+
+def check_description_fits_weights(yaml_dict, state_dict: Dict[str, torch.Tensor]) -> None:
+    """The recorded architecture is within bounds and asks for the layers, repeats, channels and classes the
+    weights have: checked from the description alone, before any model is built (a crafted description could
+    otherwise ask for a model of tens of GB, or take minutes to build). Raises CheckpointError."""
+    try:
+        plans = plan_layers(yaml_dict)
+    except ArchitectureError as exc:
+        raise CheckpointError(f"the checkpoint's architecture is refused: {exc}") from None
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"the checkpoint's architecture is malformed ({type(exc).__name__}: {exc})") from None
+    layers = {int(k.split(".")[1]) for k in state_dict if k.startswith("model.") and k.split(".")[1].isdigit()}
+    if max(layers, default=-1) != len(plans) - 1:  # the Detect head, the last layer, always has weights
+        raise CheckpointError(f"the weights hold layers up to {max(layers, default=-1)}; the architecture has "
+                              f"{len(plans)} layers")
+
+    def first_dim(key: str) -> Optional[int]:
+        tensor = state_dict.get(key)
+        return int(tensor.shape[0]) if isinstance(tensor, torch.Tensor) and tensor.dim() > 0 else None
+
+    def stacked(prefix: str) -> int:
+        return len({k[len(prefix):].split(".")[0] for k in state_dict if k.startswith(prefix)})
+
+    for p in plans:
+        prefix = f"model.{p.index}."
+        if p.repeats > 1 and stacked(prefix) != p.repeats:
+            raise CheckpointError(f"layer {p.index}: the architecture stacks {p.repeats} {p.kind} blocks, the weights "
+                                  f"{stacked(prefix)}")
+        if p.kind in _OUTPUT_WEIGHT:
+            key = prefix + ("0." if p.repeats > 1 else "") + _OUTPUT_WEIGHT[p.kind]
+            if first_dim(key) != p.out_channels:
+                raise CheckpointError(f"layer {p.index} ({p.kind}): the architecture asks for {p.out_channels} output "
+                                      f"channels, the weights have {first_dim(key)}")
+        if p.kind in ("C3",) and stacked(prefix + "m.") != p.args[2]:
+            raise CheckpointError(f"layer {p.index} (C3): the architecture asks for {p.args[2]} bottlenecks, the "
+                                  f"weights have {stacked(prefix + 'm.')}")
+        if p.kind == "Detect":
+            nc, anchors = p.args[0], p.args[1]
+            outputs = (len(anchors[0]) // 2) * (nc + 5)
+            found = [first_dim(f"{prefix}m.{j}.weight") for j in range(len(anchors))]
+            if found != [outputs] * len(anchors):
+                raise CheckpointError(f"the Detect head: the architecture asks for {nc} classes ({outputs} outputs on "
+                                      f"each of {len(anchors)} levels), the weights have {found}")
+
+
+def check_names(names, nc: int) -> List[str]:
+    """Class names as the checkpoint gives them: nc non-empty strings. Raises CheckpointError."""
+    bad = [(i, n) for i, n in enumerate(names) if not isinstance(n, str) or not n.strip()]
+    if bad or len(names) != nc:
+        raise CheckpointError(f"damaged checkpoint: its class names must be {nc} non-empty texts; got "
+                              f"{len(names)}" + (f", e.g. class {bad[0][0]}: {bad[0][1]!r}" if bad else ""))
+    return list(names)
 
 
 def read_checkpoint(path: Union[str, Path]) -> Checkpoint:
@@ -123,11 +182,20 @@ def read_checkpoint(path: Union[str, Path]) -> Checkpoint:
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path}: not a checkpoint (a {type(raw).__name__}, not a dict)")
     if raw.get("format") == FORMAT:  # format_version 1
-        return _from_ours(raw, path)
+        ckpt = _from_ours(raw, path)
+    else:
+        try:
+            ckpt = _from_pickled_model(raw, path)
+        except ArchitectureError as exc:
+            raise CheckpointError(f"{path}: the checkpoint's architecture is refused: {exc}") from None
+        except (AttributeError, TypeError, ValueError, KeyError, RecursionError) as exc:  # a malformed module tree
+            raise CheckpointError(f"{path}: damaged checkpoint ({type(exc).__name__}: {exc})") from None
     try:
-        return _from_pickled_model(raw, path)
-    except (AttributeError, TypeError, ValueError, KeyError, RecursionError) as exc:  # a malformed module tree
-        raise CheckpointError(f"{path}: damaged checkpoint ({type(exc).__name__}: {exc})") from None
+        check_description_fits_weights(ckpt.yaml, ckpt.state_dict)
+        ckpt.names = check_names(ckpt.names, ckpt.nc)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    return ckpt
 
 
 def _from_pickled_model(raw: dict, path) -> Checkpoint:
@@ -138,8 +206,9 @@ def _from_pickled_model(raw: dict, path) -> Checkpoint:
     model = raw.get("ema") or raw.get("model")
     if isinstance(model, PickledObject) and isinstance(model.__dict__.get("yaml"), dict):
         yaml_dict = dict(model.__dict__["yaml"])
+        check_description(yaml_dict)
         state = stand_in_state_dict(model)
-        nc = int(yaml_dict.get("nc", 0))
+        nc = int(yaml_dict["nc"])
         epoch = raw.get("epoch")
         return Checkpoint(
             state_dict={k: v.float() if v.is_floating_point() else v for k, v in state.items()},
@@ -157,7 +226,7 @@ def _from_ours(raw: dict, path) -> Checkpoint:
                           yaml=dict(raw["yaml"]), names=list(raw["names"]),
                           activation=raw.get("activation", DEFAULT_ACTIVATION), source=FORMAT,
                           epoch=raw.get("epoch"), meta=dict(raw.get("meta") or {}))
-    except (KeyError, TypeError, AttributeError) as exc:
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise CheckpointError(f"{path}: damaged checkpoint ({exc})") from None
 
 

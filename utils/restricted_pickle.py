@@ -7,8 +7,10 @@ their state, so a checkpoint's module tree can be read without importing any of 
 """
 from __future__ import annotations
 
+import io
 import pickle
-from typing import Dict, Tuple
+import pickletools
+from typing import Dict, List, Tuple
 
 _CALLABLE = {
     ("torch._utils", "_rebuild_tensor"),
@@ -85,7 +87,75 @@ def stand_in(module: str, name: str) -> type:
     return _STAND_INS[key]
 
 
+MAX_NESTING = 1000  # containers inside containers; a YOLOv5 checkpoint's module tree nests a few dozen deep
+MAX_OPCODES = 50_000_000
+_MUTATORS = {"APPEND", "APPENDS", "SETITEM", "SETITEMS", "BUILD", "ADDITEMS"}  # add to the object below their items
+
+
+def check_structure(file) -> None:
+    """Walk the pickle's opcodes (nothing is built, nothing called) and refuse one that nests containers more than
+    MAX_NESTING deep: Python's C code hashes, compares and frees such objects recursively, and a tuple nested a
+    million deep overflows the C stack (a segmentation fault, not an exception) while unpickling. Each stack entry
+    is tracked by its nesting depth only. Reads from `file`'s position to the pickle's STOP."""
+    stack: List[int] = []
+    marks: List[int] = []
+    memo: Dict[object, int] = {}
+    try:
+        for count, (op, arg, _) in enumerate(pickletools.genops(file)):
+            name = op.name
+            if count > MAX_OPCODES:
+                raise UnsafePickleError(f"more than {MAX_OPCODES:,} pickle operations; refused")
+            if name == "MARK":
+                marks.append(len(stack))
+            elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                memo[arg] = stack[-1]
+            elif name == "MEMOIZE":
+                memo[len(memo)] = stack[-1]
+            elif name in ("GET", "BINGET", "LONG_BINGET"):
+                stack.append(memo.get(arg, 1))
+            elif name == "DUP":
+                stack.append(stack[-1])
+            elif name == "STOP":
+                return
+            else:
+                _apply(op, stack, marks)
+            if stack and stack[-1] > MAX_NESTING:
+                raise UnsafePickleError(f"containers nested more than {MAX_NESTING} deep; refused")
+    except (IndexError, ValueError) as exc:  # a stack underflow, an unknown opcode, a truncated argument
+        raise pickle.UnpicklingError(f"malformed pickle ({type(exc).__name__}: {exc})") from None
+
+
+def _apply(op, stack: List[int], marks: List[int]) -> None:
+    """Pop what `op` consumes and push what it leaves, as nesting depths."""
+    before = op.stack_before
+    if pickletools.markobject in before:
+        top = marks.pop()
+        items = stack[top:]
+        del stack[top:]
+        below = before.index(pickletools.markobject)
+    else:
+        items, below = [], len(before)
+    if below:
+        items = stack[-below:] + items
+        del stack[-below:]
+    if op.name in _MUTATORS:  # the first consumed entry is the container that stays
+        target, added = items[0], items[1:]
+        stack.append(max([target] + [depth + 1 for depth in added]))
+        return
+    depth = max(items) + 1 if items else 1
+    stack.extend([depth] * len(op.stack_after))
+
+
 class Unpickler(pickle.Unpickler):
+    def __init__(self, file, **kwargs):
+        """Refuses a pickle nested too deep (check_structure) before unpickling anything."""
+        if not (hasattr(file, "seekable") and file.seekable()):
+            file = io.BytesIO(file.read())
+        start = file.tell()
+        check_structure(file)
+        file.seek(start)
+        super().__init__(file, **kwargs)
+
     def find_class(self, module: str, name: str):
         if (module, name) in _CALLABLE:
             import collections
@@ -111,8 +181,6 @@ def load(file, **kwargs):
 
 
 def loads(data: bytes, **kwargs):
-    import io
-
     return Unpickler(io.BytesIO(data), **kwargs).load()
 
 

@@ -30,6 +30,11 @@ ALDD_RESOLUTIONS = ("native", "input")
 ANNOTATION_FORMATS = {"ark": "ark", "det-ark": "ark", "voc": "voc", "det-voc": "voc"}
 IMG_SIZE_STEP = 32
 IMG_SIZE_MAX = 8192
+MAX_CLASS_WEIGHT = 1e6  # ALDD's per-class weights: any ratio a user means, and sums that stay finite in float32
+MAX_BATCH = 1024
+MAX_WORKERS = 64
+MAX_DETECTIONS = 100_000
+MAX_EPOCHS = 100_000
 OPSET_RANGE = (11, 20)
 # Keys the platform consumes itself (docker flags, export) or sets for its own bookkeeping.
 PLATFORM_ONLY_KEYS = {"shm_size", "gpu_count", "object_type", "run_infer", "run_mining", "max_boxes",
@@ -82,9 +87,11 @@ class InferConfig:
     def validate(self) -> InferConfig:
         _check(0.0 <= self.conf_thres <= 1.0, "conf_thres", self.conf_thres, "a number in [0, 1]")
         _check(0.0 < self.iou_thres <= 1.0, "iou_thres", self.iou_thres, "a number in (0, 1]")
-        _check(self.max_det >= 1, "max_det", self.max_det, "an integer >= 1")
-        _check(self.batch_size_per_gpu >= 1, "batch_size_per_gpu", self.batch_size_per_gpu, "an integer >= 1")
-        _check(self.num_workers_per_gpu >= 0, "num_workers_per_gpu", self.num_workers_per_gpu, "an integer >= 0")
+        _check(1 <= self.max_det <= MAX_DETECTIONS, "max_det", self.max_det, f"an integer from 1 to {MAX_DETECTIONS:,}")
+        _check(1 <= self.batch_size_per_gpu <= MAX_BATCH, "batch_size_per_gpu", self.batch_size_per_gpu,
+               f"an integer from 1 to {MAX_BATCH}")
+        _check(0 <= self.num_workers_per_gpu <= MAX_WORKERS, "num_workers_per_gpu", self.num_workers_per_gpu,
+               f"an integer from 0 to {MAX_WORKERS}")
         return dataclasses.replace(self, img_size=check_img_size(self.img_size))
 
 
@@ -103,8 +110,9 @@ class MiningConfig(InferConfig):
         _check(algorithm in MINING_ALGORITHMS, "mining_algorithm", self.mining_algorithm, ", ".join(MINING_ALGORITHMS))
         resolution = self.aldd_resolution.strip().lower()
         _check(resolution in ALDD_RESOLUTIONS, "aldd_resolution", self.aldd_resolution, ", ".join(ALDD_RESOLUTIONS))
-        _check(all(w >= 0 for w in self.class_distribution_scores), "class_distribution_scores",
-               self.class_distribution_scores, "comma-separated non-negative numbers")
+        _check(all(0 <= w <= MAX_CLASS_WEIGHT for w in self.class_distribution_scores), "class_distribution_scores",
+               self.class_distribution_scores, f"comma-separated numbers from 0 to {MAX_CLASS_WEIGHT:g} (weights "
+               "relative to each other)")
         _check(0.0 <= self.cald_undetected_share <= 1.0, "cald_undetected_share", self.cald_undetected_share,
                "a number in [0, 1]")
         _check(self.seed >= 0, "seed", self.seed, "an integer >= 0")
@@ -132,9 +140,11 @@ class TrainingConfig:
         if model.endswith((".yaml", ".pt")):
             model = model.rsplit(".", 1)[0]
         _check(model in MODEL_NAMES, "model", self.model, ", ".join(MODEL_NAMES))
-        _check(self.batch_size_per_gpu >= 1, "batch_size_per_gpu", self.batch_size_per_gpu, "an integer >= 1")
-        _check(self.num_workers_per_gpu >= 0, "num_workers_per_gpu", self.num_workers_per_gpu, "an integer >= 0")
-        _check(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
+        _check(1 <= self.batch_size_per_gpu <= MAX_BATCH, "batch_size_per_gpu", self.batch_size_per_gpu,
+               f"an integer from 1 to {MAX_BATCH}")
+        _check(0 <= self.num_workers_per_gpu <= MAX_WORKERS, "num_workers_per_gpu", self.num_workers_per_gpu,
+               f"an integer from 0 to {MAX_WORKERS}")
+        _check(1 <= self.epochs <= MAX_EPOCHS, "epochs", self.epochs, f"an integer from 1 to {MAX_EPOCHS:,}")
         _check(OPSET_RANGE[0] <= self.opset <= OPSET_RANGE[1], "opset", self.opset,
                f"an integer from {OPSET_RANGE[0]} to {OPSET_RANGE[1]}")
         _check(self.save_period >= 1, "save_period", self.save_period, "an integer >= 1")

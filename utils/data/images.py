@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,10 +26,15 @@ class ImageInfo:
 
 
 def probe_image(path: Path) -> ImageInfo:
-    """Read size and orientation from the header only, without decoding the pixels."""
-    if not path.exists():
-        raise ImageReadError("image file not found")
-    if not path.is_file():  # a FIFO or device would block the reader forever
+    """Read size and orientation from the header only, without decoding the pixels. Every failure of the file
+    system on this path (missing, a name too long, permission, a loop of links) is this image's ImageReadError."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise ImageReadError("image file not found") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+        raise ImageReadError(f"cannot open the file ({getattr(exc, 'strerror', None) or exc})") from None
+    if not stat.S_ISREG(mode):  # a FIFO or device would block the reader forever
         raise ImageReadError("not a regular file")
     try:
         with Image.open(path) as img:
@@ -90,8 +96,8 @@ def read_image(path: Path, orientation: int | None = None) -> np.ndarray:
         orientation = probe_image(path).orientation
     try:
         data = np.fromfile(str(path), dtype=np.uint8)
-    except OSError as exc:
-        raise ImageReadError(f"cannot read file ({exc.strerror})") from None
+    except (OSError, ValueError) as exc:
+        raise ImageReadError(f"cannot read file ({getattr(exc, 'strerror', None) or exc})") from None
     if data.size == 0:
         raise ImageReadError("empty file")
     img = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)

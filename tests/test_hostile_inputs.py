@@ -1,0 +1,220 @@
+"""Inputs built to break the executor: each costs only itself (the image is skipped and reported) or fails the task
+with state 4, the right code and a one-line message, quickly, in bounded memory, never by a signal."""
+import io
+import json
+import subprocess
+import sys
+import zipfile
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from models.yolo import DetectionModel
+from tests.helpers import HANG_LIMIT, START, edit_yaml, load_trusted, make_read_only, run_start
+from utils.boxes import letterbox_geometry
+from utils.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from utils.data.images import ImageReadError, probe_image
+from utils.data.letterbox import letterbox
+from ymir.demo import CLASS_NAMES, make_workdir
+from ymir.errors import CONFIG_ERROR, MODEL_ERROR
+from ymir.mining import UNREADABLE_SCORE
+from ymir.task_folder import write_asset
+
+MEMORY_LIMIT_MB = 2048
+
+
+def assert_failed_cleanly(result, code, *needles):
+    """State 4 with `code` and a one-line message naming the needles; the console ends with the reason."""
+    assert result.returncode > 0, (result.returncode, result.output[-2000:])  # an exit with an error, no signal
+    fields = result.monitor_fields
+    assert fields[2:5] == ["1.0000", "4", str(code)], result.monitor
+    assert len(result.monitor.splitlines()[0].split("\t")) == 6
+    for needle in needles:
+        assert needle in fields[5], fields[5]
+    assert result.last_lines[0] == f"ymir-yolov5 failed with error code {code}:", result.output[-2000:]
+
+
+def run_measured(work):
+    """start.py in a process of its own whose peak resident memory (of every process it waited for) is reported:
+    (RunResult-like dict, peak MB)."""
+    make_read_only(work / "in")
+    script = (f"import resource, subprocess, sys\n"
+              f"p = subprocess.run([sys.executable, {str(START)!r}, '--in', {str(work / 'in')!r}, '--out', "
+              f"{str(work / 'out')!r}], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)\n"
+              f"sys.stdout.write(p.stdout)\n"
+              f"print('RC', p.returncode, 'PEAK_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=HANG_LIMIT)
+    *output, last = proc.stdout.strip().splitlines()
+    _, rc, _, peak_kb = last.split()
+    monitor = (work / "out" / "monitor.txt").read_text()
+
+    class Result:
+        returncode = int(rc)
+        monitor_fields = monitor.splitlines()[0].split("\t")
+        last_lines = output[-2:]
+
+    Result.monitor, Result.output = monitor, "\n".join(output)
+    return Result, int(peak_kb) / 1024
+
+
+def add_model(work):
+    weights = work / "in" / "models" / "best" / "best.pt"
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(weights, DetectionModel("yolov5n", nc=3), list(CLASS_NAMES))
+    return weights
+
+
+# ---- 1. a file name longer than the file system allows -----------------------------------------------------------
+
+def test_a_path_the_file_system_refuses_is_that_images_failure(tmp_path):
+    too_long = tmp_path / ("a" * 300 + ".jpg")
+    with pytest.raises(ImageReadError, match="cannot open the file"):
+        probe_image(too_long)
+    with pytest.raises(ImageReadError):
+        probe_image(tmp_path / "nul\0byte.jpg")
+
+
+@pytest.mark.parametrize("task", ["mining+infer", "training"])
+def test_a_name_over_255_bytes_in_an_index_costs_that_image(tmp_path, task):
+    work = make_workdir(tmp_path / "w", task, num_candidates=4, num_train=6, num_val=2,
+                        config={"epochs": 1, "img_size": 64, "mining_algorithm": "random"})
+    index = work / "in" / ("candidate-index.tsv" if task != "training" else "train-index.tsv")
+    lines = index.read_text().splitlines()
+    long_path = "/in/assets/" + "b" * 300 + ".jpg"
+    extra = long_path if task != "training" else f"{long_path}\t{lines[0].split(chr(9))[1]}"
+    index.write_text("\n".join(lines + [extra]) + "\n")
+    if task != "training":
+        add_model(work)
+    result = run_start(work)
+    assert result.returncode == 0, result.output[-3000:]
+    assert "cannot open the file (File name too long)" in result.output
+    if task != "training":
+        ranked = [line.split("\t")[0] for line in (work / "out" / "result.tsv").read_text().splitlines()]
+        assert ranked[-1] == long_path and len(ranked) == 5
+
+
+# ---- 2. a very thin image ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(3, 5000), (5000, 3), (20, 20000), (1_000_000, 2)])
+def test_letterboxing_never_makes_a_side_of_zero_pixels(shape):
+    _, (w, h), (dw, dh) = letterbox_geometry(shape, (640, 640))
+    assert w >= 1 and h >= 1 and dw >= 0 and dh >= 0
+    if shape[0] * shape[1] <= 20 * 20000:
+        img, _, _ = letterbox(np.zeros((*shape, 3), np.uint8), 640)
+        assert img.shape == (640, 640, 3)
+
+
+def test_thin_images_among_the_candidates_are_predicted_like_any_other(tmp_path):
+    work = make_workdir(tmp_path / "w", "mining+infer", num_candidates=3)
+    add_model(work)
+    thin = [write_asset(work / "in", cv2.imencode(".png", np.full(shape, 200, np.uint8))[1].tobytes(), "png")
+            for shape in ((3, 5000, 3), (5000, 3, 3), (20, 20000, 3))]
+    index = work / "in" / "candidate-index.tsv"
+    index.write_text(index.read_text() + "\n".join(thin) + "\n")
+    edit_yaml(work / "in" / "config.yaml", img_size=640)
+    result = run_start(work)
+    assert result.returncode == 0, result.output[-3000:]
+    scores = dict(line.split("\t") for line in (work / "out" / "result.tsv").read_text().splitlines())
+    assert all(float(scores[p]) > UNREADABLE_SCORE for p in thin)  # scored, not skipped as unreadable
+    detection = json.loads((work / "out" / "infer-result.json").read_text())["detection"]
+    assert all(p.rsplit("/", 1)[1] in detection for p in thin)
+
+
+# ---- 3. numbers at the edge of float ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("changes, key", [
+    ({"mining_algorithm": "aldd", "class_distribution_scores": "1e308,1,1"}, "class_distribution_scores"),
+    ({"batch_size_per_gpu": 10**9}, "batch_size_per_gpu"),
+    ({"max_det": 10**12}, "max_det"),
+    ({"num_workers_per_gpu": 100000}, "num_workers_per_gpu"),
+])
+def test_numbers_beyond_their_bounds_are_config_errors_before_any_work(tmp_path, changes, key):
+    work = make_workdir(tmp_path / "w", "mining+infer", num_candidates=2, config=changes)
+    result = run_start(work)
+    assert_failed_cleanly(result, CONFIG_ERROR, f"'{key}'")
+    assert "model weights" not in result.output  # refused before the model was even looked for
+
+
+# ---- 4. to 6. crafted checkpoints ----------------------------------------------------------------------------------
+
+def pickle_nested(depth: int) -> bytes:
+    """{(((...),),): 1}: a dict keyed by a tuple nested `depth` deep, as pickle opcodes (pickle.dumps itself would
+    recurse): PROTO 2, EMPTY_DICT, EMPTY_TUPLE, TUPLE1 x depth, BININT1 1, SETITEM, STOP."""
+    return b"\x80\x02}" + b")" + b"\x85" * depth + b"K\x01s."
+
+
+def checkpoint_with_pickle(path, body: bytes) -> None:
+    """torch's zip layout with `body` as its data.pkl."""
+    buffer = io.BytesIO()
+    torch.save({"a": 1}, buffer)
+    source = zipfile.ZipFile(io.BytesIO(buffer.getvalue()))
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as out:
+        for info in source.infolist():
+            out.writestr(info.filename, body if info.filename.endswith("/data.pkl") else source.read(info.filename))
+
+
+def test_a_pickle_nested_a_million_deep_is_refused_not_a_crash(tmp_path):
+    deep = tmp_path / "deep.pt"
+    checkpoint_with_pickle(deep, pickle_nested(1_000_000))
+    # in a process of its own: a crash here would be a signal, not an exception
+    proc = subprocess.run([sys.executable, "-c", "import sys\nfrom utils.checkpoint import read_checkpoint, "
+                           "CheckpointError\ntry:\n    read_checkpoint(sys.argv[1])\nexcept CheckpointError as e:\n"
+                           "    print(e)", str(deep)], capture_output=True, text=True, timeout=HANG_LIMIT)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    assert "nested more than 1000 deep" in proc.stdout
+    shallow = tmp_path / "shallow.pt"
+    checkpoint_with_pickle(shallow, pickle_nested(50))  # nests, but as little as real files do: not refused as deep
+    with pytest.raises(CheckpointError, match="not a checkpoint|neither"):
+        read_checkpoint(shallow)
+
+
+def crafted_stage(work, edit):
+    """A stage of ours in /in/models whose recorded payload `edit` changes."""
+    weights = add_model(work)
+    raw = load_trusted(weights)
+    edit(raw)
+    torch.save(raw, str(weights))
+    return weights
+
+
+def set_yaml(key, value):
+    def edit(raw):
+        raw["ymir"]["yaml"][key] = value
+    return edit
+
+
+def set_names(names):
+    def edit(raw):
+        raw["ymir"]["names"] = names
+    return edit
+
+
+@pytest.mark.parametrize("edit, needle", [
+    ("deep", "nested more than 1000 deep"),
+    (set_names(["a", None, "c"]), "class names must be 3 non-empty texts"),
+    (set_names([1, 2, 3]), "class names must be 3 non-empty texts"),
+    (set_names(["a", "b"]), "class names must be 3 non-empty texts"),
+    (set_yaml("width_multiple", 40), "width_multiple = 40"),
+    (set_yaml("depth_multiple", 1e6), "depth_multiple = 1000000.0"),
+    (set_yaml("nc", 50_000_000), "nc = 50000000"),
+    (set_yaml("nc", 7), "the architecture asks for 7 classes"),
+    (set_yaml("anchors", [[10, 13] * 1000] * 3), "anchors"),
+    (set_yaml("width_multiple", 0.5), "output channels"),
+    (set_yaml("depth_multiple", 1.0), "bottlenecks"),
+], ids=["deep-pickle", "name-None", "name-numbers", "too-few-names", "width-40", "depth-1e6", "nc-50M", "nc-other",
+        "anchors-huge", "width-other", "depth-other"])
+def test_a_crafted_checkpoint_is_a_model_error_in_bounded_time_and_memory(tmp_path, edit, needle):
+    work = make_workdir(tmp_path / "w", "mining+infer", num_candidates=2)
+    if edit == "deep":
+        weights = work / "in" / "models" / "best" / "best.pt"
+        weights.parent.mkdir(parents=True)
+        checkpoint_with_pickle(weights, pickle_nested(1_000_000))
+    else:
+        crafted_stage(work, edit)
+    result, peak_mb = run_measured(work)
+    assert_failed_cleanly(result, MODEL_ERROR, needle)
+    assert peak_mb < MEMORY_LIMIT_MB
+    assert result.returncode == 1  # an exit, not a signal
+
