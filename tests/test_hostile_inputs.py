@@ -18,7 +18,7 @@ from utils.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from utils.data.images import ImageReadError, probe_image
 from utils.data.letterbox import letterbox
 from ymir.demo import CLASS_NAMES, make_workdir
-from ymir.errors import CONFIG_ERROR, MODEL_ERROR
+from ymir.errors import CONFIG_ERROR, DATASET_ERROR, MODEL_ERROR
 from ymir.mining import UNREADABLE_SCORE
 from ymir.task_folder import write_asset
 
@@ -218,3 +218,126 @@ def test_a_crafted_checkpoint_is_a_model_error_in_bounded_time_and_memory(tmp_pa
     assert peak_mb < MEMORY_LIMIT_MB
     assert result.returncode == 1  # an exit, not a signal
 
+
+
+# ---- the smaller ones ----------------------------------------------------------------------------------------------
+
+def mining_work(tmp_path, **config):
+    work = make_workdir(tmp_path / "w", "mining+infer", num_candidates=4, config=config)
+    add_model(work)
+    return work
+
+
+def test_repeated_candidate_lines_are_scored_once_and_said_so(tmp_path):
+    work = mining_work(tmp_path)
+    index = work / "in" / "candidate-index.tsv"
+    lines = index.read_text().splitlines()
+    index.write_text("\n".join(lines + lines[:2] + lines[:1]) + "\n")
+    result = run_start(work)
+    assert result.returncode == 0, result.output[-3000:]
+    ranked = [line.split("\t")[0] for line in (work / "out" / "result.tsv").read_text().splitlines()]
+    assert sorted(ranked) == sorted(lines)
+    assert "lists 2 image(s) more than once (3 repeated lines)" in result.output
+
+
+def test_two_candidates_of_one_name_in_different_folders_are_refused_for_inference(tmp_path):
+    work = mining_work(tmp_path)
+    index = work / "in" / "candidate-index.tsv"
+    lines = index.read_text().splitlines()
+    first = work / "in" / lines[0][len("/in/"):]
+    twin = work / "in" / "elsewhere" / first.name
+    twin.parent.mkdir()
+    twin.write_bytes((work / "in" / lines[1][len("/in/"):]).read_bytes())
+    index.write_text("\n".join(lines + [f"/in/elsewhere/{first.name}"]) + "\n")
+    result = run_start(work)
+    assert_failed_cleanly(result, DATASET_ERROR, "shared by candidates in different folders", first.name)
+    edit_yaml(work / "in" / "env.yaml", run_infer=False)  # mining alone writes whole paths: no clash
+    assert run_start(work).returncode == 0
+
+
+def test_a_byte_order_mark_and_crlf_line_ends_are_accepted_in_every_text_input(tmp_path):
+    work = mining_work(tmp_path)
+    for name in ("candidate-index.tsv", "env.yaml", "config.yaml"):
+        path = work / "in" / name
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_text().replace("\n", "\r\n").encode())
+    result = run_start(work)
+    assert result.returncode == 0, result.output[-3000:]
+    ranked = [line.split("\t")[0] for line in (work / "out" / "result.tsv").read_text().splitlines()]
+    assert len(ranked) == 4 and all(p.startswith("/in/assets/") for p in ranked)
+
+
+def test_a_task_id_with_tabs_and_line_breaks_keeps_monitor_txt_one_line(tmp_path):
+    work = mining_work(tmp_path, batch_size_per_gpu=10**9)  # fails: the state line with its code must parse
+    edit_yaml(work / "in" / "env.yaml", task_id="evil\tid\nsecond line\r")
+    result = run_start(work)
+    first = result.monitor.splitlines()[0].split("\t")
+    assert first[0] == "evil id second line " and first[2:5] == ["1.0000", "4", str(CONFIG_ERROR)]
+
+
+def test_results_of_an_earlier_run_are_removed_before_this_one_writes(tmp_path):
+    work = mining_work(tmp_path)
+    out = work / "out"
+    edit_yaml(work / "in" / "env.yaml", run_infer=False)
+    (out / "infer-result.json").write_text('{"detection": {"stale.jpg": {"boxes": []}}}')
+    (out / "models" / "old-stage").mkdir(parents=True)
+    (out / "models" / "old-stage" / "old.pt").write_bytes(b"stale")
+    (out / "models" / "result.yaml").write_text("model_stages:\n  old-stage: {files: [old.pt]}\n")
+    (out / "notes.txt").write_text("not ours to remove")
+    result = run_start(work)
+    assert result.returncode == 0, result.output[-3000:]
+    assert not (out / "infer-result.json").exists() and not (out / "models" / "result.yaml").exists()
+    assert not (out / "models" / "old-stage").exists() and (out / "notes.txt").exists()
+    assert "removing the results of an earlier run" in result.output and (out / "result.tsv").exists()
+
+
+def test_a_second_run_on_the_same_out_folder_fails_at_once_and_leaves_the_first_ones_monitor(tmp_path):
+    import fcntl
+    import os
+
+    work = mining_work(tmp_path)
+    monitor_before = (work / "out" / "monitor.txt").read_text()
+    fd = os.open(work / "out", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a first run holds it
+        result = run_start(work)
+    finally:
+        os.close(fd)
+    assert result.returncode == 1
+    assert "another ymir-yolov5 run is writing to" in result.output.strip().splitlines()[-1]
+    assert (work / "out" / "monitor.txt").read_text() == monitor_before
+    assert not (work / "out" / "result.tsv").exists()
+    assert run_start(work).returncode == 0  # released with the first run
+
+
+def test_an_index_that_is_a_device_is_refused_not_read_without_end(tmp_path):
+    work = mining_work(tmp_path)
+    edit_yaml(work / "in" / "env.yaml", input={**yaml_of(work / "in" / "env.yaml")["input"],
+                                               "candidate_index_file": "/dev/zero"})
+    result, peak_mb = run_measured(work)
+    assert_failed_cleanly(result, DATASET_ERROR, "/dev/zero is not a regular file")
+    assert peak_mb < MEMORY_LIMIT_MB
+
+
+def yaml_of(path):
+    import yaml
+
+    return yaml.safe_load(path.read_text())
+
+
+def test_float_tiffs_are_decoded(tmp_path):
+    work = mining_work(tmp_path)
+    rng = np.random.default_rng(0)
+    grey = rng.random((48, 64)).astype(np.float32)  # one float sample per pixel, 0..1
+    colour = (rng.random((48, 64, 3)) * 255).astype(np.float32)  # three per pixel, 0..255
+    tiffs = [write_asset(work / "in", cv2.imencode(".tiff", img)[1].tobytes(), "tiff") for img in (grey, colour)]
+    index = work / "in" / "candidate-index.tsv"
+    index.write_text(index.read_text() + "\n".join(tiffs) + "\n")
+    result = run_start(work)
+    assert result.returncode == 0, result.output[-3000:]
+    scores = dict(line.split("\t") for line in (work / "out" / "result.tsv").read_text().splitlines())
+    assert all(float(scores[p]) > UNREADABLE_SCORE for p in tiffs)
+    from utils.data.images import read_image
+
+    decoded = read_image(work / "in" / tiffs[0][len("/in/"):])
+    assert decoded.shape == (48, 64, 3) and decoded.dtype == np.uint8
+    assert np.abs(decoded[:, :, 0].astype(int) - np.round(grey * 255)).max() <= 1

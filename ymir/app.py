@@ -21,6 +21,7 @@ from ymir.context import TaskContext
 from ymir.env import load_env
 from ymir.errors import ExecutorError, classify
 from ymir.monitor import Monitor
+from ymir.out_folder import OutFolderBusy, OutFolderLock, remove_stale_results
 from ymir.paths import PathMapper
 from ymir.processes import SUPERVISOR_ENV, stop_when_orphaned, terminate_descendants
 
@@ -89,13 +90,28 @@ def copy_console(mapper: PathMapper, stack: contextlib.ExitStack) -> None:
         LOG.warning("no copy of this log in %s: %s", path, exc)
 
 
+def lock_out_folder(mapper: PathMapper) -> Optional[OutFolderLock]:
+    """The executor's own process owns /out for the run (the ranks it starts work under that ownership)."""
+    if os.environ.get(SUPERVISOR_ENV):
+        return None
+    mapper.out_root.mkdir(parents=True, exist_ok=True)
+    return OutFolderLock(mapper.out_root)
+
+
 def run_task(mapper: PathMapper) -> int:
+    try:
+        lock = lock_out_folder(mapper)
+    except (OutFolderBusy, OSError) as exc:  # monitor.txt is the other run's: not a word written to it
+        print(f"ymir-yolov5 did not start: {exc}", flush=True)
+        return 1
     # under torchrun only rank 0 reports progress
     monitor = Monitor(mapper.output.monitor_file, task_id="unknown-task", enabled=is_main_process())
     try:
         env = load_env(mapper)
         monitor.task_id = env.task_id
         monitor.progress(0.0, force=True)
+        if lock is not None:
+            remove_stale_results(mapper.output)
         config = load_config(env, mapper)
         run(TaskContext(env=env, config=config, mapper=mapper, monitor=monitor))
         LOG.info("task %s finished", env.task_id)
@@ -104,6 +120,8 @@ def run_task(mapper: PathMapper) -> int:
         return fail(monitor, exc)
     finally:
         terminate_descendants()
+        if lock is not None:
+            lock.close()
 
 
 def out_of_space(exc: BaseException, folder: Path) -> bool:

@@ -6,6 +6,8 @@ once, in a summary. Only a split left with no usable image is an error (DatasetE
 from __future__ import annotations
 
 import logging
+import os
+import stat
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +22,7 @@ from ymir.paths import PathMapper
 
 LOG = logging.getLogger(__name__)
 SUMMARY_EXAMPLES = 20
+MAX_INDEX_BYTES = 1 << 30  # 1 GiB: about ten million lines of YMIR's paths
 
 
 @dataclass
@@ -79,22 +82,38 @@ def _reason_kind(reason: str) -> str:
 
 
 def read_index_lines(index_file: Path) -> List[str]:
+    """The non-blank lines of an index file: UTF-8 with or without a byte-order mark, LF or CRLF line ends; a
+    regular file of at most MAX_INDEX_BYTES (a device such as /dev/zero would be read without end)."""
     try:
-        text = Path(index_file).read_text(encoding="utf-8", errors="replace")
+        info = os.stat(index_file)
+        if not stat.S_ISREG(info.st_mode):
+            raise DatasetError(f"index file {index_file} is not a regular file")
+        if info.st_size > MAX_INDEX_BYTES:
+            raise DatasetError(f"index file {index_file} holds {info.st_size:,} bytes, more than the "
+                               f"{MAX_INDEX_BYTES:,} an index of millions of images needs")
+        with open(index_file, "rb") as f:
+            data = f.read(MAX_INDEX_BYTES + 1)
     except FileNotFoundError:
         raise DatasetError(f"index file not found: {index_file}") from None
     except OSError as exc:
         raise DatasetError(f"index file {index_file} unreadable: {exc.strerror}") from None
+    text = data[:MAX_INDEX_BYTES].decode("utf-8-sig", errors="replace")
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def read_candidates(index_file: Path, mapper: PathMapper) -> List[Tuple[str, Path]]:
-    """Candidate images: (path as written in the index, local path). Nothing is opened here."""
+    """Candidate images: (path as written in the index, local path), each path once (a repeated line is scored
+    once, and said so). Nothing is opened here."""
     lines = read_index_lines(index_file)
-    candidates = [(line.split("\t")[0], mapper(line.split("\t")[0])) for line in lines]
-    if not candidates:
+    written = [line.split("\t")[0] for line in lines]
+    unique = list(dict.fromkeys(written))
+    if len(unique) < len(written):
+        repeated = [p for p, n in Counter(written).items() if n > 1]
+        LOG.warning("the candidate index %s lists %d image(s) more than once (%d repeated lines), e.g. %s: each is "
+                    "scored and written once", index_file, len(repeated), len(written) - len(unique), repeated[:3])
+    if not unique:
         raise DatasetError(f"the candidate index {index_file} lists no image")
-    return candidates
+    return [(p, mapper(p)) for p in unique]
 
 
 def clip_boxes(raw: np.ndarray, width: int, height: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -31,6 +33,7 @@ class EnvConfig:
 
 
 MAX_YAML_VALUES = 100_000  # far above any real env.yaml or config.yaml (the longest part: class_names)
+MAX_YAML_BYTES = 16 << 20  # 16 MiB: far above any real env.yaml or config.yaml
 
 
 def count_values(data, limit: int) -> int:
@@ -51,9 +54,15 @@ def count_values(data, limit: int) -> int:
 
 
 def read_yaml_mapping(path: Path, what: str) -> dict:
+    """A YAML mapping from a regular file of at most MAX_YAML_BYTES (UTF-8, with or without a byte-order mark)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_YAML_BYTES:
+            raise ConfigError(f"{what} {path} must be a regular file of at most {MAX_YAML_BYTES:,} bytes")
+        with open(path, "rb") as f:
+            data = yaml.safe_load(f.read(MAX_YAML_BYTES).decode("utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except FileNotFoundError:
         raise ConfigError(f"{what} not found: {path}") from None
     except (OSError, yaml.YAMLError) as exc:

@@ -19,6 +19,12 @@ MAX_TRACE_LINES = 99
 MAX_TRACE_LINE_LENGTH = 1000
 
 
+def safe_field(text: str) -> str:
+    """A value that cannot break the line's fields: TABs, line breaks and other control characters become
+    spaces."""
+    return "".join(" " if ord(c) < 32 or c in "\x7f\u2028\u2029\x85" else c for c in str(text))
+
+
 class Monitor:
     def __init__(self, path: Path, task_id: str, min_interval: float = 0.5, enabled: bool = True):
         self.path = Path(path)
@@ -28,6 +34,14 @@ class Monitor:
         self.percent = 0.0
         self._last_write = 0.0
         self._last_stamp = ""
+
+    @property
+    def task_id(self) -> str:
+        return self._task_id
+
+    @task_id.setter
+    def task_id(self, value: str) -> None:
+        self._task_id = safe_field(value)
 
     def _stamp(self) -> str:
         stamp = f"{time.time():.6f}"

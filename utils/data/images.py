@@ -48,7 +48,10 @@ def probe_image(path: Path) -> ImageInfo:
     except Image.DecompressionBombError as exc:  # a header claiming more pixels than any real photo
         raise ImageReadError(f"image too large to decode safely ({exc})") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise ImageReadError(f"not a readable image ({type(exc).__name__})") from None
+        decoded = _decode_other_depth(path)  # e.g. a TIFF of 32-bit float samples, which Pillow does not read
+        if decoded is None:
+            raise ImageReadError(f"not a readable image ({type(exc).__name__})") from None
+        width, height, orientation = decoded.shape[1], decoded.shape[0], 1
     if orientation not in range(1, 9):
         orientation = 1
     if min(width, height) < MIN_IMAGE_SIDE:
@@ -102,5 +105,37 @@ def read_image(path: Path, orientation: int | None = None) -> np.ndarray:
         raise ImageReadError("empty file")
     img = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if img is None:
+        img = _decode_other_depth(data)
+    if img is None:
         raise ImageReadError("cannot decode image")
     return apply_orientation(img, orientation)
+
+
+def _decode_other_depth(source) -> np.ndarray | None:
+    """Images whose samples OpenCV's 8-bit colour path refuses (32-bit float TIFFs, as scientific and remote-sensing
+    tools write them): decoded as they are, then made 8-bit BGR. Float samples are taken as 0..1 when none exceeds
+    1, else as 0..255; NaN is black. None when this does not decode it either."""
+    try:
+        data = np.fromfile(str(source), dtype=np.uint8) if isinstance(source, (str, Path)) else source
+    except (OSError, ValueError):
+        return None
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION) if data.size else None
+    if img is None or img.ndim not in (2, 3) or min(img.shape[:2]) < 1:
+        return None
+    if img.dtype.kind == "f":
+        img = np.nan_to_num(img.astype(np.float32), nan=0.0, posinf=255.0, neginf=0.0)
+        scale = 255.0 if img.size and float(img.max()) <= 1.0 else 1.0
+        img = np.clip(img * scale, 0, 255).round().astype(np.uint8)
+    elif img.dtype != np.uint8:
+        img = (img.astype(np.float64) * 255 / np.iinfo(img.dtype).max).round().astype(np.uint8) \
+            if img.dtype.kind in "ui" else None
+        if img is None:
+            return None
+    if img.ndim == 2:
+        img = img[:, :, None]
+    channels = img.shape[2]
+    if channels == 1:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    if channels == 4:
+        return np.ascontiguousarray(img[:, :, :3])
+    return np.ascontiguousarray(img[:, :, :3]) if channels >= 3 else None

@@ -11,6 +11,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -47,11 +48,26 @@ class ImageResult:
     error: Optional[str] = None
 
 
+def check_distinct_names(candidates: Sequence[Tuple[str, Path]]) -> None:
+    """infer-result.json keys each image by its file name (YMIR's assets are named by their content's hash): two
+    candidates of one name in different folders would become one entry. Raises DatasetError naming them."""
+    folders: Dict[str, List[str]] = {}
+    for raw, _ in candidates:
+        folders.setdefault(Path(raw).name, []).append(raw)
+    clashes = [paths for paths in folders.values() if len(paths) > 1]
+    if clashes:
+        raise DatasetError(f"{len(clashes)} file name(s) are shared by candidates in different folders, e.g. "
+                           f"{clashes[0][:3]}; infer-result.json keys images by file name: give each image its own "
+                           "name (YMIR names assets by their hash)")
+
+
 def run_mining_and_inference(ctx: TaskContext) -> None:
     env, config = ctx.env, ctx.config
     if env.candidate_index_file is None:
         raise ConfigError("env.yaml names no candidate_index_file for a mining or inference task")
     candidates = read_candidates(env.candidate_index_file, ctx.mapper)
+    if config.infer is not None:
+        check_distinct_names(candidates)
     if config.mining and config.mining.mining_algorithm == "random" and config.infer is None:
         scorer = RandomScorer(len(candidates), config.mining.seed)
         write_mining_result(env.output.mining_result_file,
