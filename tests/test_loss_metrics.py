@@ -1,4 +1,6 @@
 """Loss and metrics equal the original YOLOv5's on the same inputs; metric math on known values."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -105,3 +107,32 @@ def test_confusion_matrix_counts():
     acc.add(dets, labels)
     m = acc.confusion.matrix
     assert m[0, 0] == 1 and m[0, 1] == 1 and m[1, 2] == 1 and m.sum() == 3
+
+
+
+def reference_ciou(a, b):
+    """CIoU of two xywh boxes, written out from its definition (Zheng et al. 2020), in float64."""
+    (x1, y1, w1, h1), (x2, y2, w2, h2) = (map(float, a), map(float, b))
+    ix = max(0.0, min(x1 + w1 / 2, x2 + w2 / 2) - max(x1 - w1 / 2, x2 - w2 / 2))
+    iy = max(0.0, min(y1 + h1 / 2, y2 + h2 / 2) - max(y1 - h1 / 2, y2 - h2 / 2))
+    iou = ix * iy / (w1 * h1 + w2 * h2 - ix * iy)
+    cw = max(x1 + w1 / 2, x2 + w2 / 2) - min(x1 - w1 / 2, x2 - w2 / 2)
+    ch = max(y1 + h1 / 2, y2 + h2 / 2) - min(y1 - h1 / 2, y2 - h2 / 2)
+    v = 4 / math.pi ** 2 * (math.atan(w2 / h2) - math.atan(w1 / h1)) ** 2
+    return iou - ((x2 - x1) ** 2 + (y2 - y1) ** 2) / (cw ** 2 + ch ** 2) - v * v / (v - iou + 1)
+
+
+def test_ciou_of_a_box_whose_size_underflowed_has_a_finite_gradient():
+    """wh logits near -50 give a predicted box whose size (the sigmoid, squared) underflows float32: its aspect
+    term divided by 0 (an infinite or NaN gradient, or a NaN value), which ended a training on an easy dataset. A
+    box of a real size gets CIoU's own value."""
+    from utils.boxes import ciou
+
+    logits = torch.tensor([[-50.0, -50.0], [-60.0, -60.0], [0.3, -0.2]], requires_grad=True)
+    wh = (logits.sigmoid() * 2) ** 2 * torch.tensor([[10.0, 13.0]])
+    pred = torch.cat([torch.full((3, 2), 5.0), wh], 1)
+    target = torch.tensor([[5.0, 5.0, 4.0, 6.0], [5.0, 5.0, 4.0, 6.0], [5.5, 4.5, 12.0, 9.0]])
+    value = ciou(pred, target)
+    value.sum().backward()
+    assert torch.isfinite(value).all() and torch.isfinite(logits.grad).all()
+    assert float(value[2]) == pytest.approx(reference_ciou(pred[2].detach(), target[2]), abs=1e-5)

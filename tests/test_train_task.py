@@ -1,13 +1,18 @@
 """Training through start.py on tiny generated datasets: stages YMIR accepts, each weights origin, reports."""
 import csv
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 import yaml
 
 from models.yolo import DetectionModel
-from tests.helpers import edit_yaml, load_trusted, oracle, run_start, ymir_cmd
+from tests.helpers import HANG_LIMIT, START, edit_yaml, load_trusted, make_read_only, oracle, run_start, ymir_cmd
 from utils.checkpoint import read_checkpoint, save_checkpoint
 from ymir.demo import CLASS_NAMES, make_workdir
 from ymir.errors import CONFIG_ERROR, MODEL_ERROR
@@ -199,3 +204,24 @@ def test_best_stage_lists_weights_at_once_and_onnx_of_the_same_model(tmp_path, m
     with torch.no_grad():
         expected = model.eval()(x)[0].numpy()
     np.testing.assert_allclose(session.run(None, {"images": x.numpy()})[0], expected, atol=1e-3)
+
+
+def test_a_training_stopped_by_sigterm_says_so_in_one_line_and_names_what_it_kept(tmp_path):
+    work = training_workdir(tmp_path, epochs=500)
+    make_read_only(work / "in")
+    proc = subprocess.Popen([sys.executable, str(START), "--in", str(work / "in"), "--out", str(work / "out")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    result_yaml = work / "out" / "models" / "result.yaml"
+    deadline = time.monotonic() + HANG_LIMIT
+    while not result_yaml.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)  # the first epoch's best stage is written
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=HANG_LIMIT)
+    assert proc.returncode != 0
+    assert "Traceback" not in output, output[-3000:]
+    last = output.strip().splitlines()[-1]
+    assert last.startswith("stopped by signal SIGTERM; kept: stage 'best' (best.pt"), last
+    fields = (work / "out" / "monitor.txt").read_text().splitlines()[0].split("\t")
+    assert fields[3] == "4" and fields[5] == last

@@ -47,7 +47,10 @@ def ciou(box1: torch.Tensor, box2: torch.Tensor, eps: float = 1e-7) -> torch.Ten
     ch = torch.max(b1_y2, b2_y2) - torch.min(b1_y1, b2_y1)
     c2 = cw ** 2 + ch ** 2 + eps
     rho2 = ((b2_x1 + b2_x2 - b1_x1 - b1_x2) ** 2 + (b2_y1 + b2_y2 - b1_y1 - b1_y2) ** 2) / 4
-    v = (4 / math.pi ** 2) * (torch.atan(w2 / h2) - torch.atan(w1 / h1)).pow(2)
+    # heights of at least eps in the aspect term, as YOLOv5 clamps them for corner (xyxy) input: a predicted box
+    # whose size underflows to 0 (the sigmoid of a wh logit near -30, squared) would make w / h 0 / 0 and its
+    # gradient NaN, which ends the training; every box of a real size (h >= eps) gives exactly the same value
+    v = (4 / math.pi ** 2) * (torch.atan(w2 / h2.clamp(eps)) - torch.atan(w1 / h1.clamp(eps))).pow(2)
     with torch.no_grad():
         alpha = v / (v - iou + (1 + eps))
     return iou - (rho2 / c2 + v * alpha)

@@ -13,6 +13,8 @@ import traceback
 from pathlib import Path
 from typing import List, Optional
 
+import yaml
+
 from utils.dist import is_main_process
 from utils.malloc import keep_freed_memory
 from ymir.config import load_config
@@ -43,8 +45,27 @@ def setup_logging() -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+class StoppedBySignal(SystemExit):
+    """SIGTERM (a supervisor's stop) arrived: the run ends through the usual failure path, without a trace."""
+
+    def __init__(self, signum: int):
+        super().__init__(128 + signum)
+        self.signal_name = signal.Signals(signum).name
+
+
 def _raise_system_exit(signum, _frame):
-    raise SystemExit(128 + signum)
+    raise StoppedBySignal(signum)
+
+
+def kept_stages(output_root: Path) -> str:
+    """What a stopped training left for the platform: its best stage, from models/result.yaml."""
+    try:
+        result = yaml.safe_load((output_root / "models" / "result.yaml").read_text()) or {}
+        best = result["best_stage_name"]
+        stage = result["model_stages"][best]
+        return f"; kept: stage '{best}' ({', '.join(map(str, stage['files']))}, mAP@0.5 {float(stage['mAP']):.4f})"
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
+        return ""
 
 
 def run(ctx: TaskContext) -> None:
@@ -142,11 +163,14 @@ def fail(monitor: Monitor, exc: BaseException) -> int:
     if out_of_space(exc, monitor.path.parent):
         message = f"no space left on {monitor.path.parent}: {message}"
     if isinstance(exc, KeyboardInterrupt):
-        message = "interrupted"
+        message = "interrupted (SIGINT)" + kept_stages(monitor.path.parent)
+    elif isinstance(exc, StoppedBySignal):
+        message = f"stopped by signal {exc.signal_name}" + kept_stages(monitor.path.parent)
     elif isinstance(exc, SystemExit):
-        message = f"stopped by signal or exit ({exc.code})"
+        message = f"stopped by exit ({exc.code})"
     trace = traceback.format_exception(type(exc), exc, exc.__traceback__)
-    if isinstance(exc, ExecutorError):  # a diagnosed error: its message says it all, the trace is for debugging
+    if isinstance(exc, (ExecutorError, StoppedBySignal, KeyboardInterrupt)):  # its message says it all; the
+        # trace is for debugging
         LOG.debug("task failed:\n%s", "".join(trace).rstrip())
         trace = []
     else:

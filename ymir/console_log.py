@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import sys
 import threading
 from pathlib import Path
 from typing import BinaryIO, List, Tuple
 
 JOIN_SECONDS = 5.0
+PARTIAL_LINE_SECONDS = 1.0
 
 
 class ConsoleCopy:
@@ -45,15 +47,36 @@ class ConsoleCopy:
         return self
 
     def _pump(self, read_end: int, original: int) -> None:
-        with os.fdopen(read_end, "rb", buffering=0) as pipe:
+        """Forwards whole lines, so that stdout and stderr (two pumps) never cut into each other's lines, however
+        the writer split them (an unbuffered print writes its text and its newline apart); a partial line is
+        forwarded once the pipe has been quiet for PARTIAL_LINE_SECONDS (a prompt, a progress bar)."""
+        pending = b""
+        try:
             while True:
-                chunk = pipe.read(65536)
+                ready, _, _ = select.select([read_end], [], [], PARTIAL_LINE_SECONDS if pending else None)
+                if not ready:
+                    self._emit(original, pending)
+                    pending = b""
+                    continue
+                chunk = os.read(read_end, 65536)
                 if not chunk:
+                    self._emit(original, pending)
                     return
-                _write_all(original, chunk)
-                # disk full or file closed: the console still gets it
-                with self._lock, contextlib.suppress(OSError, ValueError):
-                    self._file.write(chunk)
+                pending += chunk
+                cut = pending.rfind(b"\n") + 1
+                if cut:
+                    self._emit(original, pending[:cut])
+                    pending = pending[cut:]
+        finally:
+            os.close(read_end)
+
+    def _emit(self, original: int, data: bytes) -> None:
+        if not data:
+            return
+        with self._lock:  # one line at a time on the console and in the file
+            _write_all(original, data)
+            with contextlib.suppress(OSError, ValueError):  # disk full or file closed: the console still gets it
+                self._file.write(data)
 
     def __exit__(self, *exc_info) -> None:
         sys.stdout.flush()
@@ -65,7 +88,7 @@ class ConsoleCopy:
             if not pump.is_alive():  # a pump still running keeps its fd (closing it could send its output to
                 os.close(original)   # whatever file takes that number next); the process ends soon anyway
         with self._lock:
-            self._file.close()
+            self._file.close()  # a pump still running writes to the console only from here on
 
 
 def _write_all(fd: int, data: bytes) -> None:
