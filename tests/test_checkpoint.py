@@ -170,8 +170,23 @@ def test_class_names_in_another_order_than_the_models_are_used_and_warned_about(
     assert resolve_class_names(["dog", "cat"], ckpt) == ["dog", "cat"]
     assert "name the model's classes in another order than it was trained with (['cat', 'dog'])" in caplog.text
     assert resolve_class_names([], ckpt) == ["cat", "dog"]
-    with pytest.raises(ModelError):
+    with pytest.raises(ModelError, match=r"predicts 2 classes \['cat', 'dog'\] but config class_names has 1"):
         resolve_class_names(["cat"], ckpt)
+
+
+def test_a_misspelt_class_name_is_warned_about_with_both_spellings_and_no_name_in_common_is_refused(caplog):
+    from utils.checkpoint import Checkpoint
+    from ymir.errors import ModelError
+    from ymir.weights import resolve_class_names
+
+    ckpt = Checkpoint(state_dict={}, yaml={"nc": 3}, names=["ball", "bat", "glove"])
+    assert resolve_class_names(["bal", "bat", "glove"], ckpt) == ["bal", "bat", "glove"]
+    assert "differ from the model's in 1 place(s): 'bal' (model: 'ball')" in caplog.text
+    with pytest.raises(ModelError, match=r"\['cat', 'dog', 'cow'\] share no name with .* \['ball', 'bat', 'glove'\]"):
+        resolve_class_names(["cat", "dog", "cow"], ckpt)
+    for placeholders in (["0", "1"], ["class0", "class1"]):  # files without names, ours and YOLOv5's
+        unnamed = Checkpoint(state_dict={}, yaml={"nc": 2}, names=placeholders)
+        assert resolve_class_names(["cat", "dog"], unnamed) == ["cat", "dog"]
 
 
 def test_a_module_tree_that_loops_is_a_damaged_checkpoint_not_a_hang(tmp_path):

@@ -17,7 +17,8 @@ VAL_MAX_DET = 300
 @torch.no_grad()
 def validate(model: torch.nn.Module, loader, device: torch.device, nc: int, half: bool = False,
              progress: Optional[Callable[[float], None]] = None, keep_predictions: int = 0):
-    """Returns (metrics, a few (image, detections, labels) for plots)."""
+    """Returns (metrics, the first `keep_predictions` (image, detections, ground truth) for pictures: both in the
+    letterboxed image's pixels, ground truth as (class, x1, y1, x2, y2) rows)."""
     model.eval()
     accumulator = MetricAccumulator(nc)
     examples = []
@@ -31,8 +32,11 @@ def validate(model: torch.nn.Module, loader, device: torch.device, nc: int, half
             if meta.error is not None:
                 continue
             det = det.cpu()
-            if len(examples) < keep_predictions:
-                examples.append((image, det.clone(), lab))
+            if len(examples) < keep_predictions:  # in the letterboxed image's pixels, as drawn
+                truth = lab.clone()
+                truth[:, [1, 3]] = truth[:, [1, 3]] * meta.ratio[0] + meta.pad[0]
+                truth[:, [2, 4]] = truth[:, [2, 4]] * meta.ratio[1] + meta.pad[1]
+                examples.append((image, det.clone(), truth))
             det[:, :4] = unletterbox_boxes(det[:, :4], meta.ratio, meta.pad, meta.shape)
             accumulator.add(det, lab)
         if progress:

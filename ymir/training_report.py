@@ -14,6 +14,7 @@ from utils.plots import confusion_image, draw_boxes, mosaic_of, pr_curve_image
 from utils.trainer import EpochReport
 
 LOG = logging.getLogger(__name__)
+DISPLAY_SCORE = 0.25  # predictions drawn in TensorBoard's pictures: YOLOv5's detect.py threshold
 CSV_COLUMNS = ["epoch", "train/box_loss", "train/obj_loss", "train/cls_loss", "metrics/precision", "metrics/recall",
                "metrics/mAP_0.5", "metrics/mAP_0.5:0.95", "x/lr0", "x/lr1", "x/lr2", "seconds"]
 
@@ -54,20 +55,31 @@ class TrainingReport:
         if r.train_examples:
             self.writer.add_image("train/batches", self._train_picture(r.train_examples), step, dataformats="HWC")
         if r.examples:
-            pictures = [draw_boxes(img, det[:, :4].numpy(), det[:, 5].numpy(), self.names, det[:, 4].numpy())
-                        for img, det, _ in r.examples]
-            self.writer.add_image("val/predictions", mosaic_of(pictures), step, dataformats="HWC")
+            self.writer.add_image("val/predictions", self.prediction_picture(r.examples), step, dataformats="HWC")
         if r.best:
-            self.best_pictures(m, r.confusion)
+            self.best_pictures(m, r.confusion, step)
         self.writer.flush()
 
-    def best_pictures(self, m: DetectionMetrics, confusion) -> None:
+    def prediction_picture(self, examples) -> np.ndarray:
+        """Each validation image twice, side by side: its ground truth, and the predictions scoring at least
+        DISPLAY_SCORE (validation keeps them down to 0.001, which would bury the picture)."""
+        pictures = []
+        for img, det, truth in examples:
+            shown = det[det[:, 4] >= DISPLAY_SCORE]
+            pictures.append(draw_boxes(img, truth[:, 1:5].numpy(), truth[:, 0].numpy(), self.names))
+            pictures.append(draw_boxes(img, shown[:, :4].numpy(), shown[:, 5].numpy(), self.names,
+                                       shown[:, 4].numpy()))
+        return mosaic_of(pictures)
+
+    def best_pictures(self, m: DetectionMetrics, confusion, step: int) -> None:
+        """Written at the epoch that became the best, so that each best's curves stay apart in TensorBoard."""
         if m.per_class is not None:
             pc = m.per_class
             picture = pr_curve_image(pc.curves["pr"], self.names, pc.classes, pc.ap[:, 0])
-            self.writer.add_image("best/pr_curve", picture, 0, dataformats="HWC")
+            self.writer.add_image("best/pr_curve", picture, step, dataformats="HWC")
         if confusion is not None:
-            self.writer.add_image("best/confusion_matrix", confusion_image(confusion, self.names), 0, dataformats="HWC")
+            self.writer.add_image("best/confusion_matrix", confusion_image(confusion, self.names), step,
+                                  dataformats="HWC")
 
     def _train_picture(self, examples) -> np.ndarray:
         images, targets = examples[0]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -10,6 +11,7 @@ from ymir.errors import ModelError
 
 LOG = logging.getLogger(__name__)
 WEIGHT_SUFFIXES = (".pt", ".pth")
+PLACEHOLDER_NAME = re.compile(r"(class)?\d+")  # what YOLOv5 and we call classes a file gives no names for
 
 
 def choose_weights(listed: Sequence[Path], models_dir: Optional[Path]) -> Optional[Path]:
@@ -51,13 +53,24 @@ def load_checkpoint(listed: Sequence[Path], models_dir: Optional[Path]) -> Check
 
 def resolve_class_names(config_names: Sequence[str], ckpt: Checkpoint) -> List[str]:
     """config class_names (the platform's, from the model's training) when they fit the model, else the model's."""
-    if config_names:
-        if len(config_names) != ckpt.nc:
-            raise ModelError(f"the model predicts {ckpt.nc} classes but config class_names has {len(config_names)}: "
-                             f"{list(config_names)}")
-        if [n.lower() for n in config_names] != [n.lower() for n in ckpt.names] and \
-                sorted(n.lower() for n in config_names) == sorted(n.lower() for n in ckpt.names):
-            LOG.warning("config class_names %s name the model's classes in another order than it was trained with "
-                        "(%s): predictions are labelled by the config's order", list(config_names), list(ckpt.names))
-        return list(config_names)
-    return list(ckpt.names)
+    if not config_names:
+        return list(ckpt.names)
+    ours, theirs = list(config_names), list(ckpt.names)
+    if len(ours) != ckpt.nc:
+        raise ModelError(f"the model predicts {ckpt.nc} classes {theirs} but config class_names has {len(ours)}: "
+                         f"{ours}")
+    lowered, model_lowered = [n.lower() for n in ours], [n.lower() for n in theirs]
+    if lowered == model_lowered:
+        return ours
+    if sorted(lowered) == sorted(model_lowered):
+        LOG.warning("config class_names %s name the model's classes in another order than it was trained with "
+                    "(%s): predictions are labelled by the config's order", ours, theirs)
+    elif not set(lowered) & set(model_lowered) and not all(PLACEHOLDER_NAME.fullmatch(n) for n in theirs):
+        raise ModelError(f"config class_names {ours} share no name with the classes the model was trained on "
+                         f"{theirs}: give the model's names, in its order")
+    else:
+        differ = [f"{a!r} (model: {b!r})" for a, b in zip(ours, theirs) if a.lower() != b.lower()]
+        LOG.warning("config class_names differ from the model's in %d place(s): %s; predictions are labelled with "
+                    "the config's names, class by class in the model's order (model: %s)", len(differ),
+                    ", ".join(differ), theirs)
+    return ours
