@@ -180,3 +180,26 @@ def test_a_p6_model_at_a_size_only_32_divides_is_run_at_the_next_multiple_of_64(
     assert "img_size 672 is not a multiple of the model's largest stride 64: using 704" in result.output
     scores = [float(line.split("\t")[1]) for line in (work / "out" / "result.tsv").read_text().splitlines()]
     assert len(scores) == 2 and min(scores) >= 0
+
+
+def test_mining_without_a_size_runs_at_the_size_the_model_was_trained_at(tmp_path):
+    """The same result.tsv and infer-result.json with img_size left to the template (0), set to the training
+    size, or set to 640 (the earlier templates' default); force_img_size makes 640 a choice. The log names it."""
+    outputs, logs = {}, {}
+    for name, changes in (("template", {"img_size": None}), ("explicit", {"img_size": 64}),
+                          ("old-default", {"img_size": 640}), ("forced", {"img_size": 640, "force_img_size": True})):
+        work = make_workdir(tmp_path / name, "mining+infer", num_candidates=4, config=CONFIG)
+        edit_yaml(work / "in" / "config.yaml", **changes)
+        weights = work / "in" / "models" / "best" / "best.pt"
+        weights.parent.mkdir(parents=True)
+        torch.manual_seed(0)
+        save_checkpoint(weights, eager_model(), list(CLASS_NAMES), meta={"img_size": 64})
+        result = run_start(work)
+        assert result.returncode == 0, result.output[-3000:]
+        outputs[name] = [(work / "out" / f).read_text() for f in ("result.tsv", "infer-result.json")]
+        logs[name] = result.output
+    assert outputs["template"] == outputs["explicit"] == outputs["old-default"] != outputs["forced"]
+    assert "image size 64: the size the model was trained at" in logs["template"]
+    assert "image size 64 (config img_size)" in logs["explicit"]
+    assert "img_size 640, the earlier templates' default, is taken as unset: running at 64" in logs["old-default"]
+    assert "image size 640 (config img_size), but the model was trained at 64" in logs["forced"]

@@ -30,6 +30,7 @@ ALDD_RESOLUTIONS = ("native", "input")
 ANNOTATION_FORMATS = {"ark": "ark", "det-ark": "ark", "voc": "voc", "det-voc": "voc"}
 IMG_SIZE_STEP = 32
 IMG_SIZE_MAX = 8192
+MODEL_IMG_SIZE = 0  # mining and inference: run at the size the model was trained at
 MAX_CLASS_WEIGHT = 1e6  # ALDD's per-class weights: any ratio a user means, and sums that stay finite in float32
 MAX_BATCH = 1024
 MAX_WORKERS = 64
@@ -76,13 +77,14 @@ class PlatformConfig:
 
 @dataclass(frozen=True)
 class InferConfig:
-    img_size: int = 640
+    img_size: int = MODEL_IMG_SIZE  # the size the model was trained at (ymir.tasks.prediction_image_size)
     conf_thres: float = 0.25
     iou_thres: float = 0.45
     max_det: int = 1000
     batch_size_per_gpu: int = 16
     num_workers_per_gpu: int = 4
     pin_memory: bool = False
+    force_img_size: bool = False  # img_size 640 is a choice, not the earlier templates' default
 
     def validate(self) -> InferConfig:
         _check(0.0 <= self.conf_thres <= 1.0, "conf_thres", self.conf_thres, "a number in [0, 1]")
@@ -92,6 +94,8 @@ class InferConfig:
                f"an integer from 1 to {MAX_BATCH}")
         _check(0 <= self.num_workers_per_gpu <= MAX_WORKERS, "num_workers_per_gpu", self.num_workers_per_gpu,
                f"an integer from 0 to {MAX_WORKERS}")
+        if self.img_size == MODEL_IMG_SIZE:
+            return self
         return dataclasses.replace(self, img_size=check_img_size(self.img_size))
 
 

@@ -32,7 +32,7 @@ from ymir.launch import run_distributed
 from ymir.mining import UNREADABLE_SCORE
 from ymir.mining.scorers import RandomScorer, make_scorer, rank_scores
 from ymir.results import Detection, write_infer_result, write_mining_result
-from ymir.tasks import fitted_image_size
+from ymir.tasks import fitted_image_size, prediction_image_size
 from ymir.weights import load_checkpoint, resolve_class_names
 
 LOG = logging.getLogger(__name__)
@@ -105,7 +105,8 @@ def _predict_shard(ctx: TaskContext, candidates: Sequence[Tuple[str, object]], c
         model = build_model(ckpt)
     except CheckpointError as exc:
         raise ModelError(str(exc)) from None
-    img_size = fitted_image_size(model, settings.img_size)
+    img_size = fitted_image_size(model, prediction_image_size(settings.img_size, ckpt.meta.get("img_size"),
+                                                              settings.force_img_size))
     detector = make_detector(model, device, img_size)
     histogram = ckpt.meta.get("class_histogram")
     scorer = make_scorer(config.mining, len(candidates), detector, ckpt.nc,
