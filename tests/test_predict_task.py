@@ -203,3 +203,26 @@ def test_mining_without_a_size_runs_at_the_size_the_model_was_trained_at(tmp_pat
     assert "image size 64 (config img_size)" in logs["explicit"]
     assert "img_size 640, the earlier templates' default, is taken as unset: running at 64" in logs["old-default"]
     assert "image size 640 (config img_size), but the model was trained at 64" in logs["forced"]
+
+
+def test_mining_that_cannot_rank_says_so_and_breaks_ties_by_seed(tmp_path):
+    """An untrained model detects nothing anywhere: every candidate gets the same score. The log says so and the
+    order is a seeded draw (the same for the same seed), not the index's order."""
+    orders = {}
+    for seed in (0, 0, 1):
+        work = make_workdir(tmp_path / f"s{seed}-{len(orders)}", "mining", num_candidates=8, config=CONFIG)
+        edit_yaml(work / "in" / "config.yaml", seed=seed)
+        weights = work / "in" / "models" / "best" / "best.pt"
+        weights.parent.mkdir(parents=True)
+        torch.manual_seed(0)
+        save_checkpoint(weights, DetectionModel("yolov5n", nc=3), list(CLASS_NAMES))
+        result = run_start(work)
+        assert result.returncode == 0, result.output[-3000:]
+        assert "mining cannot rank these candidates: all 8 readable images scored" in result.output
+        assert "the model detects nothing in the whole pool" in result.output
+        lines = [line.split("\t") for line in (work / "out" / "result.tsv").read_text().splitlines()]
+        assert len({score for _, score in lines}) == 1
+        index = (work / "in" / "candidate-index.tsv").read_text().split()
+        orders.setdefault(seed, []).append([index.index(path) for path, _ in lines])
+    assert orders[0][0] == orders[0][1] != orders[1][0]
+    assert orders[0][0] != sorted(orders[0][0])

@@ -155,8 +155,14 @@ def _write_results(ctx: TaskContext, candidates, results: List[ImageResult], cla
         readable = np.array([r.error is None for r in results])
         undetected = np.array([not r.detections for r in results])
         scores[readable] = rank_scores(config.mining, scores[readable], undetected[readable])
-        write_mining_result(env.output.mining_result_file,
-                            [(candidates[r.index][0], float(s)) for r, s in zip(results, scores)])
+        ranked = [(candidates[r.index][0], float(s)) for r, s in zip(results, scores)]
+        if config.mining.mining_algorithm != "random" and readable.sum() > 1 and np.ptp(scores[readable]) == 0:
+            LOG.warning("mining cannot rank these candidates: all %d readable images scored %.6g (%s); they are "
+                        "listed in a random order drawn from seed %d, as random mining would list them",
+                        int(readable.sum()), scores[readable][0], "the model detects nothing in the whole pool"
+                        if undetected[readable].all() else "the model is equally unsure of each", config.mining.seed)
+            ranked = [ranked[i] for i in np.random.default_rng(config.mining.seed).permutation(len(ranked))]
+        write_mining_result(env.output.mining_result_file, ranked)
         LOG.info("mining result written: %s", env.output.mining_result_file)
     if config.infer:
         predictions: Dict[str, Tuple[List[Detection], Tuple[int, int]]] = {
