@@ -75,6 +75,9 @@ MAX_LAYERS = 256
 MAX_REPEATS = 64
 MAX_CHANNELS = 8192
 MAX_LEVELS, MAX_ANCHORS_PER_LEVEL = 8, 16
+MAX_PARAMETERS = 300_000_000  # yolov5x6 has 141 million
+MAX_ARGUMENT = 64  # kernel sizes, strides, paddings, groups, dilations, scale factors: YOLOv5 uses 1 to 6
+MAX_ARGUMENT_TEXT = 32  # 'nc', 'anchors', 'nearest', 'None', ...
 
 
 @dataclass(frozen=True)
@@ -105,14 +108,7 @@ def check_description(cfg: dict) -> None:
     for key in ("depth_multiple", "width_multiple"):
         if not _number_in(cfg.get(key), 0, MAX_MULTIPLE):
             raise ArchitectureError(f"{key} = {cfg.get(key)!r}: a number in (0, {MAX_MULTIPLE}]")
-    if isinstance(anchors, list):
-        if not (1 <= len(anchors) <= MAX_LEVELS and all(
-                isinstance(level, list) and 2 <= len(level) <= 2 * MAX_ANCHORS_PER_LEVEL and len(level) % 2 == 0
-                and all(_number_in(a, 0, 1e5) for a in level) for level in anchors)):
-            raise ArchitectureError(f"anchors: 1 to {MAX_LEVELS} levels of up to {MAX_ANCHORS_PER_LEVEL} "
-                                    "(width, height) pairs of positive sizes")
-    elif not (isinstance(anchors, int) and 1 <= anchors <= MAX_ANCHORS_PER_LEVEL):
-        raise ArchitectureError(f"anchors = {str(anchors)[:80]}: a list of levels or a number of anchors")
+    _check_anchors(anchors)
     layers = cfg.get("backbone"), cfg.get("head")
     if not all(isinstance(part, list) for part in layers) or not 2 <= len(layers[0]) + len(layers[1]) <= MAX_LAYERS:
         raise ArchitectureError(f"backbone and head: lists of 2 to {MAX_LAYERS} layers in all")
@@ -124,6 +120,76 @@ def check_description(cfg: dict) -> None:
         if layer[2] in _CONV_LIKE and not _number_in(layer[3][0] if layer[3] else None, 0, MAX_CHANNELS):
             raise ArchitectureError(f"layer {i}: {str(layer[3])[:80]}: the first argument is a number of channels "
                                     f"up to {MAX_CHANNELS}")
+        sources = layer[0] if isinstance(layer[0], list) else [layer[0]]
+        if not (1 <= len(sources) <= MAX_LEVELS and all(isinstance(j, int) and not isinstance(j, bool)
+                                                        and -i - 1 <= j < max(i, 1) for j in sources)):
+            raise ArchitectureError(f"layer {i}: from = {str(layer[0])[:80]}: earlier layers' indices")
+        if layer[2] == "Detect":
+            _check_head(layer)
+            continue
+        for value in layer[3][1:] if layer[2] in _CONV_LIKE else layer[3]:
+            if isinstance(value, str) and len(value) > MAX_ARGUMENT_TEXT or isinstance(value, (list, dict)) \
+                    or _is_number(value) and not -1 <= value <= MAX_ARGUMENT:
+                raise ArchitectureError(f"layer {i}: argument {str(value)[:40]} out of bounds (numbers from -1 to "
+                                        f"{MAX_ARGUMENT}, short texts)")
+
+
+def _check_anchors(anchors) -> None:
+    if isinstance(anchors, list):
+        if not (1 <= len(anchors) <= MAX_LEVELS and all(
+                isinstance(level, list) and 2 <= len(level) <= 2 * MAX_ANCHORS_PER_LEVEL and len(level) % 2 == 0
+                and all(_number_in(a, 0, 1e5) for a in level) for level in anchors)):
+            raise ArchitectureError(f"anchors: 1 to {MAX_LEVELS} levels of up to {MAX_ANCHORS_PER_LEVEL} "
+                                    "(width, height) pairs of positive sizes")
+    elif not (isinstance(anchors, int) and not isinstance(anchors, bool) and 1 <= anchors <= MAX_ANCHORS_PER_LEVEL):
+        raise ArchitectureError(f"anchors = {str(anchors)[:80]}: a list of levels or a number of anchors")
+
+
+def _check_head(layer: list) -> None:
+    """The Detect head's own arguments: [nc, anchors], each the model's ('nc', 'anchors') or written out."""
+    args = layer[3]
+    if len(args) != 2:
+        raise ArchitectureError(f"the Detect head's arguments: [nc, anchors], got {str(args)[:80]}")
+    nc, anchors = args
+    if nc != "nc" and not (isinstance(nc, int) and not isinstance(nc, bool) and 1 <= nc <= MAX_CLASSES):
+        raise ArchitectureError(f"the Detect head's classes = {str(nc)[:40]}: 1 to {MAX_CLASSES:,}")
+    if anchors != "anchors":
+        _check_anchors(anchors)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def estimated_parameters(plans: Sequence[LayerPlan]) -> int:
+    """About how many parameters the planned layers hold (convolution weights; what decides memory and build
+    time), computed before anything is built."""
+    total = 0
+    for p in plans:
+        if p.kind == "Conv":
+            c1, c2, k = p.args[0], p.args[1], p.args[2] if len(p.args) > 2 else 1
+            one = c1 * c2 * _square(k)
+        elif p.kind in ("C3", "Bottleneck"):
+            c1, c2 = p.args[0], p.args[1]
+            e = p.args[5] if p.kind == "C3" and len(p.args) > 5 else p.args[4] if p.kind == "Bottleneck" \
+                and len(p.args) > 4 else 0.5
+            hidden = int(c2 * e)
+            repeats = p.args[2] if p.kind == "C3" else 0
+            one = (2 * c1 * hidden + 2 * hidden * c2 + repeats * 10 * hidden * hidden) if p.kind == "C3" \
+                else c1 * hidden + 9 * hidden * c2
+        elif p.kind == "SPPF":
+            one = p.args[0] // 2 * (p.args[0] + 4 * p.args[1])
+        elif p.kind == "Detect":
+            nc, anchors, channels = p.args[0], p.args[1], p.args[-1]
+            one = sum(channels) * (len(anchors[0]) // 2) * (nc + 5)
+        else:
+            one = 0
+        total += int(one) * p.repeats
+    return total
+
+
+def _square(k) -> int:
+    return int(k) ** 2 if _is_number(k) else 1
 
 
 def plan_layers(cfg: dict, in_channels: int = 3) -> List[LayerPlan]:
@@ -136,6 +202,9 @@ def plan_layers(cfg: dict, in_channels: int = 3) -> List[LayerPlan]:
     plans = []
     for i, (source, repeats, kind, args) in enumerate(cfg["backbone"] + cfg["head"]):
         args = [_argument(a, nc, anchors) for a in args]
+        if kind != "Detect" and any(_is_number(a) and not -1 <= a <= MAX_ARGUMENT
+                                    for a in (args[1:] if kind in _CONV_LIKE else args)):
+            raise ArchitectureError(f"layer {i}: arguments {str(args)[:80]} out of bounds (-1 to {MAX_ARGUMENT})")
         n = scaled_repeats(repeats, gd)
         if kind in _CONV_LIKE:
             c1, c2 = channels[source], args[0]
@@ -160,6 +229,12 @@ def plan_layers(cfg: dict, in_channels: int = 3) -> List[LayerPlan]:
         if i == 0:
             channels = []
         channels.append(c2)
+    if plans[-1].kind != "Detect":
+        raise ArchitectureError("the last layer must be the Detect head")
+    parameters = estimated_parameters(plans)
+    if parameters > MAX_PARAMETERS:
+        raise ArchitectureError(f"the architecture would hold about {parameters:,} parameters, more than "
+                                f"{MAX_PARAMETERS:,}")
     return plans
 
 

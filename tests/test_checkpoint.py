@@ -15,6 +15,7 @@ from utils.checkpoint import (
     read_checkpoint,
     save_checkpoint,
     transfer_weights,
+    yolov5_layout_model,
 )
 
 FIXTURES = REPO / "tests" / "fixtures"
@@ -203,3 +204,72 @@ def test_a_module_tree_that_loops_is_a_damaged_checkpoint_not_a_hang(tmp_path):
         torch.save(raw, str(path))
         with pytest.raises(CheckpointError, match="damaged checkpoint|architecture is refused"):
             read_checkpoint(path)
+
+
+def test_the_nesting_check_follows_the_unpicklers_own_rules():
+    """A POP right after MARK removes the mark (as the unpickler does); a container changed after it was memoised
+    keeps its new depth; neither trick hides a deep tuple. A short stack is a malformed pickle."""
+    import io
+
+    from utils import restricted_pickle
+
+    pop_mark = b"\x80\x02}N" + (b"\x85" * 900 + b"N(00N\x86") * 1200 + b"Ns."
+    with pytest.raises(restricted_pickle.UnsafePickleError, match="nested more than 1000 deep"):
+        restricted_pickle.check_structure(io.BytesIO(pop_mark))
+    # a list memoised when empty, then given a 500-deep list, dropped, fetched from the memo and wrapped 600 deep
+    memo_mutation = b"\x80\x02]q\x00" + b"]" * 500 + b"a" * 500 + b"0h\x00" + b"\x85" * 600 + b"."
+    with pytest.raises(restricted_pickle.UnsafePickleError, match="nested more than 1000 deep"):
+        restricted_pickle.check_structure(io.BytesIO(memo_mutation))
+    with pytest.raises(pickle.UnpicklingError, match="malformed"):
+        restricted_pickle.check_structure(io.BytesIO(b"\x80\x02a."))  # APPEND on an empty stack
+
+
+@pytest.mark.parametrize("layer, change, needle", [
+    (2, lambda args: args + [True, 1, 2000.0], "out of bounds"),  # C3's hidden-channel factor e
+    (0, lambda args: [args[0], 300, 2, 2], "out of bounds"),  # a 300 x 300 kernel
+    (24, lambda args: ["x", "anchors"], "the Detect head's classes"),
+    (24, lambda args: ["nc", 3.5], "anchors = 3.5"),
+    (0, lambda args: [args[0], "-" * 5000 + "1", *args[2:]], "out of bounds"),  # recurses when parsed
+    (0, lambda args: ["-" * 5000 + "1", *args[1:]], "a number of channels"),
+])
+def test_every_argument_of_a_recorded_architecture_is_bounded(tmp_path, layer, change, needle):
+    model = DetectionModel("yolov5n", nc=2)
+    path = tmp_path / "crafted.pt"
+    save_checkpoint(path, model, ["a", "b"])
+    raw = load_trusted(path)
+    arch = raw["ymir"]["yaml"]
+    entry = (arch["backbone"] + arch["head"])[layer]
+    entry[3] = change(list(entry[3]))
+    torch.save(raw, str(path))
+    with pytest.raises(CheckpointError, match=needle):
+        read_checkpoint(path)
+
+
+def test_weights_that_are_broadcast_views_or_layers_that_do_not_fit_are_refused(tmp_path):
+    model = DetectionModel("yolov5n", nc=2)
+    path = tmp_path / "view.pt"
+    save_checkpoint(path, model, ["a", "b"])
+    raw = load_trusted(path)
+    raw["model"].model[0].conv.weight = torch.nn.Parameter(torch.zeros(1, dtype=torch.float16).expand(
+        16, 3, 6, 6), requires_grad=False)  # a few bytes in the file, any size once copied
+    torch.save(raw, str(path))
+    with pytest.raises(CheckpointError, match="broadcast view"):
+        read_checkpoint(path)
+    save_checkpoint(path, model, ["a", "b"])
+    raw = load_trusted(path)
+    raw["ymir"]["yaml"]["head"][1][2] = "nn.Upsample"
+    raw["ymir"]["yaml"]["head"][1][3] = [None, 3, "nearest"]  # sizes that Concat cannot join
+    torch.save(raw, str(path))
+    with pytest.raises(CheckpointError, match="cannot be built|do not fit"):
+        build_model(read_checkpoint(path))
+
+
+def test_an_official_files_class_names_are_read_as_text(tmp_path):
+    """YOLOv5 keeps names as its data YAML parsed them: numbers and booleans are names too."""
+    model = DetectionModel("yolov5n", nc=3)
+    path = tmp_path / "official.pt"
+    portable = yolov5_layout_model(model, ["a", "b", "c"])
+    portable.names = {0: 0, 1: 1, 2: True}
+    torch.save({"model": portable, "epoch": -1, "opt": {"imgsz": [320, 320]}}, str(path))
+    ckpt = read_checkpoint(path)
+    assert ckpt.names == ["0", "1", "True"] and ckpt.meta["img_size"] == 320

@@ -341,3 +341,36 @@ def test_float_tiffs_are_decoded(tmp_path):
     decoded = read_image(work / "in" / tiffs[0][len("/in/"):])
     assert decoded.shape == (48, 64, 3) and decoded.dtype == np.uint8
     assert np.abs(decoded[:, :, 0].astype(int) - np.round(grey * 255)).max() <= 1
+
+
+def test_stale_result_removal_never_leaves_the_models_folder(tmp_path):
+    from ymir.out_folder import remove_stale_results
+    from ymir.paths import OutputPaths
+
+    output = OutputPaths.under(tmp_path / "out")
+    (output.models_dir / "best").mkdir(parents=True)
+    (output.root / "user-data").mkdir()
+    (output.root / "user-data" / "keep.txt").write_text("mine")
+    output.training_result_file.write_text("model_stages:\n  '..': {}\n  '.': {}\n  best: {}\n  /etc: {}\n")
+    remove_stale_results(output)
+    assert (output.root / "user-data" / "keep.txt").exists() and output.models_dir.is_dir()
+    assert not (output.models_dir / "best").exists() and not output.training_result_file.exists()
+
+
+def test_a_tiff_header_claiming_a_huge_image_is_refused_without_decoding(tmp_path):
+    import struct
+
+    # a classic little-endian TIFF whose one header says 100000 x 100000 float samples and holds almost nothing
+    entries = [(256, 4, 1, 100000), (257, 4, 1, 100000), (258, 3, 1, 32), (339, 3, 1, 3), (277, 3, 1, 1)]
+    ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHII", *e) for e in entries) + b"\0\0\0\0"
+    path = tmp_path / "huge.tiff"
+    path.write_bytes(b"II*\0" + struct.pack("<I", 8) + ifd + b"\0" * 64)
+    with pytest.raises(ImageReadError, match="too large to decode safely"):
+        probe_image(path)
+
+
+def test_a_training_size_recorded_out_of_bounds_is_ignored():
+    from ymir.tasks import prediction_image_size
+
+    assert prediction_image_size(0, 10**6) == 640 and prediction_image_size(0, True) == 640
+    assert prediction_image_size(0, 320) == 320 and prediction_image_size(512, 320) == 512

@@ -312,3 +312,15 @@ def test_mining_result_applies_the_cald_share_to_readable_images_only(tmp_path):
     lines = [line.split("\t") for line in (tmp_path / "result.tsv").read_text().splitlines()]
     assert [p for p, _ in lines] == ["/in/0.jpg", "/in/2.jpg", "/in/1.jpg", "/in/3.jpg"]
     assert [float(s) for _, s in lines] == pytest.approx([0.7, 0.4, 0.2, -1.0])
+
+
+def test_one_registry_names_the_algorithms_for_the_config_the_task_and_the_templates():
+    from ymir.config import MINING_ALGORITHMS, load_template
+    from ymir.mining.registry import ALGORITHMS, ScorerInputs, make_scorer
+
+    assert tuple(ALGORITHMS) == MINING_ALGORITHMS and load_template("mining")["mining_algorithm"] in ALGORITHMS
+    model_free = [name for name, algorithm in ALGORITHMS.items() if not algorithm.needs_model]
+    assert model_free == ["random"]
+    config = MiningConfig(mining_algorithm="random", seed=3).validate()
+    scorer = make_scorer(ScorerInputs(config, 5, None, 0, None))
+    assert len(scorer.scores) == 5  # a model-free scorer holds the whole pool's scores when made

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from models.activations import DEFAULT_ACTIVATION
-from models.yolo import ArchitectureError, DetectionModel, check_description, plan_layers
+from models.yolo import MAX_PARAMETERS, ArchitectureError, DetectionModel, check_description, plan_layers
 from utils import restricted_pickle
 from utils.restricted_pickle import PickledObject
 
@@ -102,13 +102,30 @@ def _stand_in_activation(model: PickledObject) -> str:
     return DEFAULT_ACTIVATION
 
 
-def _names_list(names, nc: int) -> list:
-    """The class names of an official file, in class-index order (the index itself where a file has none)."""
+def _names_list(names, nc: int) -> List[str]:
+    """The class names of an official file as text, in class-index order (the index itself where a file has
+    none); YOLOv5 keeps them as its data YAML parsed them, so a name may be a number or a boolean."""
     if isinstance(names, dict):
-        return [names.get(i, str(i)) for i in range(nc)]
+        return [str(names.get(i, i)) for i in range(nc)]
     if isinstance(names, (list, tuple)) and len(names) == nc:
-        return list(names)
+        return [str(n) for n in names]
     return [str(i) for i in range(nc)]
+
+
+def check_tensors(state: Dict[str, torch.Tensor]) -> None:
+    """Weights are tensors that own their elements: no broadcast view (a stride of 0, which lets a few bytes of file
+    claim any size and makes a copy allocate it), and no more elements in all than MAX_PARAMETERS allows."""
+    total = 0
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"damaged checkpoint: its weights hold a {type(value).__name__} under the "
+                                  f"{type(key).__name__} key {str(key)[:60]!r}")
+        if any(stride == 0 and size > 1 for stride, size in zip(value.stride(), value.shape)):
+            raise CheckpointError(f"damaged checkpoint: weight {key} of shape {tuple(value.shape)} is a broadcast "
+                                  "view, not stored weights")
+        total += value.numel()
+    if total > 2 * MAX_PARAMETERS:
+        raise CheckpointError(f"the weights hold {total:,} numbers, more than any model this executor builds")
 
 
 # The module of each conv-like layer whose weight's first dimension is the layer's output channels.
@@ -195,6 +212,8 @@ def read_checkpoint(path: Union[str, Path]) -> Checkpoint:
         ckpt.names = check_names(ckpt.names, ckpt.nc)
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
+    except Exception as exc:  # a description crafted past every bound above: still the file's fault
+        raise CheckpointError(f"{path}: damaged checkpoint ({type(exc).__name__}: {str(exc)[:200]})") from None
     return ckpt
 
 
@@ -208,18 +227,30 @@ def _from_pickled_model(raw: dict, path) -> Checkpoint:
         yaml_dict = dict(model.__dict__["yaml"])
         check_description(yaml_dict)
         state = stand_in_state_dict(model)
+        check_tensors(state)
         nc = int(yaml_dict["nc"])
         epoch = raw.get("epoch")
+        meta = {"date": raw.get("date") if isinstance(raw.get("date"), str) else None}
+        opt = raw.get("opt")
+        size = opt.get("imgsz") if isinstance(opt, dict) else None  # train.py's --imgsz: one number or [n, n]
+        size = size[0] if isinstance(size, (list, tuple)) and size else size
+        if isinstance(size, int) and not isinstance(size, bool):
+            meta["img_size"] = size
         return Checkpoint(
             state_dict={k: v.float() if v.is_floating_point() else v for k, v in state.items()},
             yaml=yaml_dict, names=_names_list(model.__dict__.get("names"), nc),
             activation=_stand_in_activation(model), source="yolov5",
-            epoch=epoch if isinstance(epoch, int) else None,
-            meta={"date": raw.get("date") if isinstance(raw.get("date"), str) else None})
+            epoch=epoch if isinstance(epoch, int) else None, meta=meta)
     raise CheckpointError(f"{path}: neither a YOLOv5 checkpoint nor one of ours (keys: {sorted(map(str, raw))[:8]})")
 
 
 def _from_ours(raw: dict, path) -> Checkpoint:
+    try:
+        check_tensors(raw["state_dict"])
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{path}: damaged checkpoint ({exc})") from None
     try:
         return Checkpoint(state_dict={k: v.float() if v.is_floating_point() else v
                                       for k, v in raw["state_dict"].items()},
@@ -236,7 +267,13 @@ def build_model(ckpt: Checkpoint) -> DetectionModel:
         model = DetectionModel(ckpt.yaml, nc=ckpt.nc, activation=ckpt.activation)
     except ArchitectureError as exc:
         raise CheckpointError(f"the checkpoint's architecture cannot be built: {exc}") from None
-    missing, unexpected = model.load_state_dict(ckpt.state_dict, strict=False)
+    except Exception as exc:  # layers that do not fit together (a Concat of other sizes), found by the stride probe
+        raise CheckpointError(f"the checkpoint's architecture cannot be built ({type(exc).__name__}: "
+                              f"{str(exc)[:200]})") from None
+    try:
+        missing, unexpected = model.load_state_dict(ckpt.state_dict, strict=False)
+    except RuntimeError as exc:  # shapes that differ beyond the first dimension
+        raise CheckpointError(f"weights do not fit the architecture: {str(exc)[:300]}") from None
     if missing or unexpected:
         raise CheckpointError(f"weights do not fit the architecture: {len(missing)} missing "
                               f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})")

@@ -94,12 +94,14 @@ _MUTATORS = {"APPEND", "APPENDS", "SETITEM", "SETITEMS", "BUILD", "ADDITEMS"}  #
 
 def check_structure(file) -> None:
     """Walk the pickle's opcodes (nothing is built, nothing called) and refuse one that nests containers more than
-    MAX_NESTING deep: Python's C code hashes, compares and frees such objects recursively, and a tuple nested a
-    million deep overflows the C stack (a segmentation fault, not an exception) while unpickling. Each stack entry
-    is tracked by its nesting depth only. Reads from `file`'s position to the pickle's STOP."""
-    stack: List[int] = []
+    MAX_NESTING deep: Python's C code hashes such tuples recursively, and a tuple nested a million deep overflows
+    the C stack (a segmentation fault, not an exception) while unpickling. Each object is tracked by a cell holding
+    its nesting depth, shared by its stack and memo entries, so that a container changed after it was memoised is
+    counted as changed. Follows the unpickler's own rules for marks (a POP right after MARK removes the mark); a
+    stack that runs short is a malformed pickle. Reads from `file`'s position to the pickle's STOP."""
+    stack: List[List[int]] = []
     marks: List[int] = []
-    memo: Dict[object, int] = {}
+    memo: Dict[object, List[int]] = {}
     try:
         for count, (op, arg, _) in enumerate(pickletools.genops(file)):
             name = op.name
@@ -107,43 +109,53 @@ def check_structure(file) -> None:
                 raise UnsafePickleError(f"more than {MAX_OPCODES:,} pickle operations; refused")
             if name == "MARK":
                 marks.append(len(stack))
+            elif name == "POP":
+                if marks and marks[-1] == len(stack):
+                    marks.pop()
+                else:
+                    stack.pop()
             elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
                 memo[arg] = stack[-1]
             elif name == "MEMOIZE":
                 memo[len(memo)] = stack[-1]
             elif name in ("GET", "BINGET", "LONG_BINGET"):
-                stack.append(memo.get(arg, 1))
+                stack.append(memo[arg])
             elif name == "DUP":
                 stack.append(stack[-1])
             elif name == "STOP":
                 return
             else:
                 _apply(op, stack, marks)
-            if stack and stack[-1] > MAX_NESTING:
+            if stack and stack[-1][0] > MAX_NESTING:
                 raise UnsafePickleError(f"containers nested more than {MAX_NESTING} deep; refused")
-    except (IndexError, ValueError) as exc:  # a stack underflow, an unknown opcode, a truncated argument
+    except (IndexError, KeyError, ValueError) as exc:  # a short stack, an unknown memo key or opcode, a cut file
         raise pickle.UnpicklingError(f"malformed pickle ({type(exc).__name__}: {exc})") from None
 
 
-def _apply(op, stack: List[int], marks: List[int]) -> None:
-    """Pop what `op` consumes and push what it leaves, as nesting depths."""
+def _apply(op, stack: List[List[int]], marks: List[int]) -> None:
+    """Pop what `op` consumes and push what it leaves, as depth cells."""
     before = op.stack_before
     if pickletools.markobject in before:
         top = marks.pop()
+        if top > len(stack):
+            raise IndexError("a mark above the stack")
         items = stack[top:]
         del stack[top:]
         below = before.index(pickletools.markobject)
     else:
         items, below = [], len(before)
     if below:
+        if len(stack) < below or (marks and len(stack) - below < marks[-1]):
+            raise IndexError(f"{op.name} needs {below} object(s) below it")
         items = stack[-below:] + items
         del stack[-below:]
-    if op.name in _MUTATORS:  # the first consumed entry is the container that stays
-        target, added = items[0], items[1:]
-        stack.append(max([target] + [depth + 1 for depth in added]))
+    if op.name in _MUTATORS:  # the first consumed entry is the container that stays, changed in place
+        target = items[0]
+        target[0] = max([target[0]] + [cell[0] + 1 for cell in items[1:]])
+        stack.append(target)
         return
-    depth = max(items) + 1 if items else 1
-    stack.extend([depth] * len(op.stack_after))
+    depth = max(cell[0] for cell in items) + 1 if items else 1
+    stack.extend([[depth] for _ in op.stack_after])
 
 
 class Unpickler(pickle.Unpickler):

@@ -94,10 +94,19 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"ymir-yolov5: no task here ({mapper.env_file} does not exist and {mapper.out_root} is not a folder): "
               "run it inside the image as YMIR does, or give a task folder with --in IN --out OUT", flush=True)
         return 2
-    with contextlib.ExitStack() as stack:
-        if args.out_dir and not rank:
-            copy_console(mapper, stack)
-        return run_task(mapper)
+    try:
+        lock = None if rank else lock_out_folder(mapper)
+    except OutFolderBusy as exc:  # monitor.txt and the log are the other run's: not a word written to them
+        print(f"ymir-yolov5 did not start: {exc}", flush=True)
+        return 1
+    try:
+        with contextlib.ExitStack() as stack:
+            if args.out_dir and not rank:
+                copy_console(mapper, stack)
+            return run_task(mapper, owner=not rank)
+    finally:
+        if lock is not None:
+            lock.close()
 
 
 def copy_console(mapper: PathMapper, stack: contextlib.ExitStack) -> None:
@@ -112,26 +121,28 @@ def copy_console(mapper: PathMapper, stack: contextlib.ExitStack) -> None:
 
 
 def lock_out_folder(mapper: PathMapper) -> Optional[OutFolderLock]:
-    """The executor's own process owns /out for the run (the ranks it starts work under that ownership)."""
-    if os.environ.get(SUPERVISOR_ENV):
-        return None
-    mapper.out_root.mkdir(parents=True, exist_ok=True)
-    return OutFolderLock(mapper.out_root)
-
-
-def run_task(mapper: PathMapper) -> int:
+    """The executor's own process owns /out for the run (the ranks it starts work under that ownership). Where
+    the file system cannot lock (some network mounts), the run goes on without the lock, and says so."""
     try:
-        lock = lock_out_folder(mapper)
-    except (OutFolderBusy, OSError) as exc:  # monitor.txt is the other run's: not a word written to it
-        print(f"ymir-yolov5 did not start: {exc}", flush=True)
-        return 1
+        mapper.out_root.mkdir(parents=True, exist_ok=True)
+        return OutFolderLock(mapper.out_root)
+    except OutFolderBusy:
+        raise
+    except OSError as exc:
+        LOG.warning("%s cannot be locked for this run (%s): a second run on it would not be stopped",
+                    mapper.out_root, exc.strerror or exc)
+        return None
+
+
+def run_task(mapper: PathMapper, owner: bool = True) -> int:
+    """`owner`: this process started the run (not a rank under torchrun): it clears an earlier run's results."""
     # under torchrun only rank 0 reports progress
     monitor = Monitor(mapper.output.monitor_file, task_id="unknown-task", enabled=is_main_process())
     try:
         env = load_env(mapper)
         monitor.task_id = env.task_id
         monitor.progress(0.0, force=True)
-        if lock is not None:
+        if owner:
             remove_stale_results(mapper.output)
         config = load_config(env, mapper)
         run(TaskContext(env=env, config=config, mapper=mapper, monitor=monitor))
@@ -141,8 +152,6 @@ def run_task(mapper: PathMapper) -> int:
         return fail(monitor, exc)
     finally:
         terminate_descendants()
-        if lock is not None:
-            lock.close()
 
 
 def out_of_space(exc: BaseException, folder: Path) -> bool:

@@ -19,14 +19,14 @@ from models.yolo import MODEL_NAMES, architecture
 from ymir import coerce
 from ymir.env import EnvConfig, read_yaml_mapping
 from ymir.errors import ConfigError, one_line
+from ymir.mining.aldd import ALDD_RESOLUTIONS
+from ymir.mining.registry import NAMES as MINING_ALGORITHMS
 from ymir.paths import PathMapper
 from ymir.train_options import TrainOptions, parse_args_options
 
 LOG = logging.getLogger(__name__)
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent
-MINING_ALGORITHMS = ("random", "entropy", "aldd", "cald")
-ALDD_RESOLUTIONS = ("native", "input")
 ANNOTATION_FORMATS = {"ark": "ark", "det-ark": "ark", "voc": "voc", "det-voc": "voc"}
 IMG_SIZE_STEP = 32
 IMG_SIZE_MAX = 8192

@@ -16,6 +16,7 @@ from typing import BinaryIO, List, Tuple
 
 JOIN_SECONDS = 5.0
 PARTIAL_LINE_SECONDS = 1.0
+MAX_PENDING_BYTES = 65536
 
 
 class ConsoleCopy:
@@ -50,23 +51,25 @@ class ConsoleCopy:
         """Forwards whole lines, so that stdout and stderr (two pumps) never cut into each other's lines, however
         the writer split them (an unbuffered print writes its text and its newline apart); a partial line is
         forwarded once the pipe has been quiet for PARTIAL_LINE_SECONDS (a prompt, a progress bar)."""
-        pending = b""
+        pending = bytearray()
         try:
             while True:
                 ready, _, _ = select.select([read_end], [], [], PARTIAL_LINE_SECONDS if pending else None)
                 if not ready:
-                    self._emit(original, pending)
-                    pending = b""
+                    self._emit(original, bytes(pending))
+                    pending.clear()
                     continue
                 chunk = os.read(read_end, 65536)
                 if not chunk:
-                    self._emit(original, pending)
+                    self._emit(original, bytes(pending))
                     return
                 pending += chunk
-                cut = pending.rfind(b"\n") + 1
+                # up to the last line end ('\r' too: a progress bar redraws its line), or all of a long line
+                cut = max(pending.rfind(b"\n"), pending.rfind(b"\r")) + 1 or \
+                    (len(pending) if len(pending) >= MAX_PENDING_BYTES else 0)
                 if cut:
-                    self._emit(original, pending[:cut])
-                    pending = pending[cut:]
+                    self._emit(original, bytes(pending[:cut]))
+                    del pending[:cut]
         finally:
             os.close(read_end)
 

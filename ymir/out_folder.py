@@ -49,9 +49,12 @@ def stale_results(output: OutputPaths) -> List[Path]:
             stages = (yaml.safe_load(output.training_result_file.read_text()) or {}).get("model_stages") or {}
         except (OSError, yaml.YAMLError, AttributeError):
             stages = {}
+        models_dir = output.models_dir.resolve()
         for name in stages if isinstance(stages, dict) else ():
             folder = output.models_dir / str(name)
-            if str(name) and "/" not in str(name) and folder.is_dir():
+            # a plain folder name inside models/ only: never '.', '..', a path or a link leading elsewhere
+            if str(name) not in ("", ".", "..") and "/" not in str(name) and not folder.is_symlink() \
+                    and folder.is_dir() and folder.resolve().parent == models_dir:
                 found.append(folder)
     return found
 

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import os
 import stat
+import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional, Tuple
 
 import cv2
 import numpy as np
@@ -48,10 +50,12 @@ def probe_image(path: Path) -> ImageInfo:
     except Image.DecompressionBombError as exc:  # a header claiming more pixels than any real photo
         raise ImageReadError(f"image too large to decode safely ({exc})") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        decoded = _decode_other_depth(path)  # e.g. a TIFF of 32-bit float samples, which Pillow does not read
-        if decoded is None:
+        size = tiff_size(path)  # e.g. a TIFF of 32-bit float samples, which Pillow does not read: its header
+        if size is None:
             raise ImageReadError(f"not a readable image ({type(exc).__name__})") from None
-        width, height, orientation = decoded.shape[1], decoded.shape[0], 1
+        width, height, orientation = size[0], size[1], 1
+        if width * height > (Image.MAX_IMAGE_PIXELS or 0) * 2:  # Pillow's own bound on what it decodes
+            raise ImageReadError(f"image too large to decode safely ({width}x{height} pixels)") from None
     if orientation not in range(1, 9):
         orientation = 1
     if min(width, height) < MIN_IMAGE_SIDE:
@@ -59,6 +63,30 @@ def probe_image(path: Path) -> ImageInfo:
     if orientation >= 5:  # 5..8 swap width and height
         width, height = height, width
     return ImageInfo(width, height, orientation)
+
+
+def tiff_size(path: Path) -> Optional[Tuple[int, int]]:
+    """(width, height) from a classic TIFF's first image header (tags 256 and 257), read without decoding; None
+    for anything else."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8 or head[:4] not in (b"II*\0", b"MM\0*"):
+                return None
+            order = "<" if head[:2] == b"II" else ">"
+            f.seek(struct.unpack(order + "I", head[4:8])[0])
+            (count,) = struct.unpack(order + "H", f.read(2))
+            found = {}
+            for _ in range(min(count, 4096)):
+                entry = f.read(12)
+                if len(entry) < 12:
+                    break
+                tag, kind = struct.unpack(order + "HH", entry[:4])
+                if tag in (256, 257) and kind in (3, 4):
+                    found[tag] = struct.unpack(order + ("H" if kind == 3 else "I"), entry[8:10 if kind == 3 else 12])[0]
+    except (OSError, struct.error):
+        return None
+    return (found[256], found[257]) if 256 in found and 257 in found and min(found.values()) > 0 else None
 
 
 def jpeg_is_truncated(path: Path) -> bool:

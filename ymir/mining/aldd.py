@@ -31,9 +31,8 @@ from typing import List, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from ymir.config import ALDD_RESOLUTIONS
-
 LOG = logging.getLogger(__name__)
+ALDD_RESOLUTIONS = ("native", "input")  # where the neighbourhoods are taken: each level's grid, or the input's
 NATIVE_WINDOW = 3  # cells of each level's own grid
 INPUT_WINDOW = 9  # pixels of the upsampled maps
 REGION = 32  # pixels

@@ -1,14 +1,14 @@
-"""Mining algorithms applied to a batch of the shared forward pass: one score per image."""
+"""Mining algorithms applied to a batch of the shared forward pass: one score per image (ymir.mining.registry
+names them)."""
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import TYPE_CHECKING, List, Optional, Sequence
 
 import numpy as np
 import torch
 
 from utils.inference import BatchOutput, ForwardPass, ImageMeta, detect
 from utils.nms import non_max_suppression
-from ymir.config import MiningConfig
 from ymir.mining import UNREADABLE_SCORE
 from ymir.mining.aldd import aldd_scores, class_weights
 from ymir.mining.cald import (
@@ -19,10 +19,12 @@ from ymir.mining.cald import (
     class_distribution,
     class_vector,
     image_rng,
-    share_undetected,
 )
 from ymir.mining.entropy import ENTROPY_MIN_SCORE, entropy_score
 from ymir.mining.random_draw import random_scores
+
+if TYPE_CHECKING:
+    from ymir.config import MiningConfig
 
 
 class Scorer:
@@ -112,24 +114,4 @@ class CaldScorer(Scorer):
         return scores
 
 
-def make_scorer(config: MiningConfig, count: int, detector: Optional[ForwardPass], nc: int,
-                label_histogram: Optional[np.ndarray]) -> Scorer:
-    algorithm = config.mining_algorithm
-    if algorithm == "random":
-        return RandomScorer(count, config.seed)
-    if algorithm == "entropy":
-        return EntropyScorer(config.iou_thres, config.max_det)
-    if algorithm == "aldd":
-        return AlddScorer(config.class_distribution_scores, nc, config.aldd_resolution)
-    return CaldScorer(detector, config, label_histogram if config.cald_class_diversity else None)
-
-
-def rank_scores(config: MiningConfig, scores: np.ndarray, undetected: np.ndarray) -> np.ndarray:
-    """The final scores of all readable candidates, once every shard's are gathered: CALD's share of images
-    without detections (`cald_undetected_share`) needs the whole ranking; the other algorithms keep theirs."""
-    if config.mining_algorithm == "cald":
-        return share_undetected(scores, undetected, config.cald_undetected_share)
-    return scores
-
-
-__all__ = ["Scorer", "make_scorer", "rank_scores", "UNREADABLE_SCORE"]
+__all__ = ["Scorer", "RandomScorer", "EntropyScorer", "AlddScorer", "CaldScorer", "UNREADABLE_SCORE"]

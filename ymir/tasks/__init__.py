@@ -27,7 +27,9 @@ def prediction_image_size(configured: int, trained: Optional[int], forced: bool 
     0 (the templates' value) is the size the model was trained at, as its checkpoint records it (640 when it does
     not). 640 is read the same way unless `forced`: earlier templates wrote it for everyone, so it cannot be told
     apart from a choice. Any other value is used as it is, with a warning when the model learnt at another size."""
-    trained = int(trained) if isinstance(trained, int) and not isinstance(trained, bool) and trained > 0 else None
+    # a size recorded in the file counts only where a config could have set it (32 to 8192 px)
+    trained = int(trained) if isinstance(trained, int) and not isinstance(trained, bool) \
+        and 32 <= trained <= 8192 else None
     if configured == 0 or (configured == DEFAULT_IMG_SIZE and trained and trained != configured and not forced):
         size = trained or DEFAULT_IMG_SIZE
         if configured:

@@ -30,7 +30,7 @@ from ymir.distributed import needs_launch, process_group, wanted_processes
 from ymir.errors import ConfigError, DatasetError, ModelError
 from ymir.launch import run_distributed
 from ymir.mining import UNREADABLE_SCORE
-from ymir.mining.scorers import RandomScorer, make_scorer, rank_scores
+from ymir.mining.registry import ALGORITHMS, ScorerInputs, make_scorer, rank_scores
 from ymir.results import Detection, write_infer_result, write_mining_result
 from ymir.tasks import fitted_image_size, prediction_image_size
 from ymir.weights import load_checkpoint, resolve_class_names
@@ -68,8 +68,8 @@ def run_mining_and_inference(ctx: TaskContext) -> None:
     candidates = read_candidates(env.candidate_index_file, ctx.mapper)
     if config.infer is not None:
         check_distinct_names(candidates)
-    if config.mining and config.mining.mining_algorithm == "random" and config.infer is None:
-        scorer = RandomScorer(len(candidates), config.mining.seed)
+    if config.mining and not ALGORITHMS[config.mining.mining_algorithm].needs_model and config.infer is None:
+        scorer = make_scorer(ScorerInputs(config.mining, len(candidates), None, 0, None))  # scores the whole pool
         write_mining_result(env.output.mining_result_file,
                             [(raw, float(s)) for (raw, _), s in zip(candidates, scorer.scores)])
         return
@@ -109,8 +109,8 @@ def _predict_shard(ctx: TaskContext, candidates: Sequence[Tuple[str, object]], c
                                                               settings.force_img_size))
     detector = make_detector(model, device, img_size)
     histogram = ckpt.meta.get("class_histogram")
-    scorer = make_scorer(config.mining, len(candidates), detector, ckpt.nc,
-                         np.asarray(histogram, dtype=np.float64) if histogram else None) if config.mining else None
+    scorer = make_scorer(ScorerInputs(config.mining, len(candidates), detector, ckpt.nc, np.asarray(
+        histogram, dtype=np.float64) if histogram else None)) if config.mining else None
     dataset = LetterboxedImages([path for _, path in candidates], img_size)
     shard = Subset(dataset, range(rank, len(candidates), world)) if world > 1 else dataset
     workers = min(settings.num_workers_per_gpu, os.cpu_count() or 1)
@@ -156,12 +156,14 @@ def _write_results(ctx: TaskContext, candidates, results: List[ImageResult], cla
         undetected = np.array([not r.detections for r in results])
         scores[readable] = rank_scores(config.mining, scores[readable], undetected[readable])
         ranked = [(candidates[r.index][0], float(s)) for r, s in zip(results, scores)]
-        if config.mining.mining_algorithm != "random" and readable.sum() > 1 and np.ptp(scores[readable]) == 0:
+        needs_model = ALGORITHMS[config.mining.mining_algorithm].needs_model
+        if needs_model and readable.sum() > 1 and np.ptp(scores[readable]) == 0:
             LOG.warning("mining cannot rank these candidates: all %d readable images scored %.6g (%s); they are "
                         "listed in a random order drawn from seed %d, as random mining would list them",
                         int(readable.sum()), scores[readable][0], "the model detects nothing in the whole pool"
                         if undetected[readable].all() else "the model is equally unsure of each", config.mining.seed)
-            ranked = [ranked[i] for i in np.random.default_rng(config.mining.seed).permutation(len(ranked))]
+            drawn = np.random.default_rng(config.mining.seed).permutation(np.flatnonzero(readable))
+            ranked = [ranked[i] for i in drawn] + [item for item, ok in zip(ranked, readable) if not ok]
         write_mining_result(env.output.mining_result_file, ranked)
         LOG.info("mining result written: %s", env.output.mining_result_file)
     if config.infer:
