@@ -26,6 +26,14 @@ def eager_model():
     return model
 
 
+def with_model(work, model, meta=None):
+    """`model` saved as the task's /in/models/best/best.pt, as the platform hands a stage over."""
+    weights = work / "in" / "models" / "best" / "best.pt"
+    weights.parent.mkdir(parents=True)
+    save_checkpoint(weights, model, list(CLASS_NAMES), meta=meta)
+    return weights
+
+
 def workdir_with_bad_candidates(tmp_path, task, algorithm="entropy", checkpoint="ours"):
     work = make_workdir(tmp_path / "w", task, num_candidates=6, config=dict(CONFIG, mining_algorithm=algorithm))
     in_dir = work / "in"
@@ -171,10 +179,8 @@ def test_a_p6_model_at_a_size_only_32_divides_is_run_at_the_next_multiple_of_64(
     """img_size 672 is accepted (a multiple of 32) but a P6 model's 64-stride level needs a multiple of 64."""
     work = make_workdir(tmp_path / "w", "mining+infer", num_candidates=2,
                         config={"img_size": 672, "batch_size_per_gpu": 2, "mining_algorithm": "aldd"})
-    weights = work / "in" / "models" / "best" / "best.pt"
-    weights.parent.mkdir(parents=True)
     torch.manual_seed(0)
-    save_checkpoint(weights, DetectionModel("yolov5n6", nc=3), list(CLASS_NAMES))
+    with_model(work, DetectionModel("yolov5n6", nc=3))
     result = run_start(work)
     assert result.returncode == 0, result.output[-3000:]
     assert "img_size 672 is not a multiple of the model's largest stride 64: using 704" in result.output
@@ -190,10 +196,8 @@ def test_mining_without_a_size_runs_at_the_size_the_model_was_trained_at(tmp_pat
                           ("old-default", {"img_size": 640}), ("forced", {"img_size": 640, "force_img_size": True})):
         work = make_workdir(tmp_path / name, "mining+infer", num_candidates=4, config=CONFIG)
         edit_yaml(work / "in" / "config.yaml", **changes)
-        weights = work / "in" / "models" / "best" / "best.pt"
-        weights.parent.mkdir(parents=True)
         torch.manual_seed(0)
-        save_checkpoint(weights, eager_model(), list(CLASS_NAMES), meta={"img_size": 64})
+        with_model(work, eager_model(), meta={"img_size": 64})
         result = run_start(work)
         assert result.returncode == 0, result.output[-3000:]
         outputs[name] = [(work / "out" / f).read_text() for f in ("result.tsv", "infer-result.json")]
@@ -212,10 +216,8 @@ def test_mining_that_cannot_rank_says_so_and_breaks_ties_by_seed(tmp_path):
     for seed in (0, 0, 1):
         work = make_workdir(tmp_path / f"s{seed}-{len(orders)}", "mining", num_candidates=8, config=CONFIG)
         edit_yaml(work / "in" / "config.yaml", seed=seed)
-        weights = work / "in" / "models" / "best" / "best.pt"
-        weights.parent.mkdir(parents=True)
         torch.manual_seed(0)
-        save_checkpoint(weights, DetectionModel("yolov5n", nc=3), list(CLASS_NAMES))
+        with_model(work, DetectionModel("yolov5n", nc=3))
         result = run_start(work)
         assert result.returncode == 0, result.output[-3000:]
         assert "mining cannot rank these candidates: all 8 readable images scored" in result.output
