@@ -165,7 +165,7 @@ def check_description_fits_weights(yaml_dict, state_dict: Dict[str, torch.Tensor
             if first_dim(key) != p.out_channels:
                 raise CheckpointError(f"layer {p.index} ({p.kind}): the architecture asks for {p.out_channels} output "
                                       f"channels, the weights have {first_dim(key)}")
-        if p.kind in ("C3",) and stacked(prefix + "m.") != p.args[2]:
+        if p.kind == "C3" and stacked(prefix + "m.") != p.args[2]:
             raise CheckpointError(f"layer {p.index} (C3): the architecture asks for {p.args[2]} bottlenecks, the "
                                   f"weights have {stacked(prefix + 'm.')}")
         if p.kind == "Detect":

@@ -126,9 +126,7 @@ def lock_out_folder(mapper: PathMapper) -> Optional[OutFolderLock]:
     try:
         mapper.out_root.mkdir(parents=True, exist_ok=True)
         return OutFolderLock(mapper.out_root)
-    except OutFolderBusy:
-        raise
-    except OSError as exc:
+    except OSError as exc:  # OutFolderBusy is not one: it reaches the caller
         LOG.warning("%s cannot be locked for this run (%s): a second run on it would not be stopped",
                     mapper.out_root, exc.strerror or exc)
         return None

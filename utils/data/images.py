@@ -139,15 +139,11 @@ def read_image(path: Path, orientation: int | None = None) -> np.ndarray:
     return apply_orientation(img, orientation)
 
 
-def _decode_other_depth(source) -> np.ndarray | None:
+def _decode_other_depth(data: np.ndarray) -> np.ndarray | None:
     """Images whose samples OpenCV's 8-bit colour path refuses (32-bit float TIFFs, as scientific and remote-sensing
     tools write them): decoded as they are, then made 8-bit BGR. Float samples are taken as 0..1 when none exceeds
     1, else as 0..255; NaN is black. None when this does not decode it either."""
-    try:
-        data = np.fromfile(str(source), dtype=np.uint8) if isinstance(source, (str, Path)) else source
-    except (OSError, ValueError):
-        return None
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION) if data.size else None
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
     if img is None or img.ndim not in (2, 3) or min(img.shape[:2]) < 1:
         return None
     if img.dtype.kind == "f":
@@ -164,6 +160,4 @@ def _decode_other_depth(source) -> np.ndarray | None:
     channels = img.shape[2]
     if channels == 1:
         return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
-    if channels == 4:
-        return np.ascontiguousarray(img[:, :, :3])
-    return np.ascontiguousarray(img[:, :, :3]) if channels >= 3 else None
+    return np.ascontiguousarray(img[:, :, :3]) if channels >= 3 else None  # BGR, or BGRA without its alpha
