@@ -298,14 +298,15 @@ def test_cald_share_interleaves_images_without_detections():
 def test_mining_result_applies_the_cald_share_to_readable_images_only(tmp_path):
     from types import SimpleNamespace
 
+    from ymir.paths import OutputPaths
     from ymir.results import Detection
     from ymir.tasks.predict import ImageResult, _write_results
 
     box = [Detection(0.0, 0.0, 4.0, 4.0, 0.5, 0)]
     results = [ImageResult(0, 0.7, box, (8, 8)), ImageResult(1, 1.2, [], (8, 8)),
                ImageResult(2, 0.4, box, (8, 8)), ImageResult(3, -1.0, [], (0, 0), "truncated")]
-    candidates = [(f"/in/{i}.jpg", None) for i in range(4)]
-    ctx = SimpleNamespace(env=SimpleNamespace(output=SimpleNamespace(mining_result_file=tmp_path / "result.tsv")),
+    candidates = [(f"/in/{i}.jpg", tmp_path / f"{i}.jpg") for i in range(4)]
+    ctx = SimpleNamespace(env=SimpleNamespace(output=OutputPaths.under(tmp_path)),
                           config=SimpleNamespace(mining=MiningConfig(mining_algorithm="cald",
                                                                      cald_undetected_share=0.0), infer=None))
     _write_results(ctx, candidates, results, ["a"])

@@ -89,6 +89,7 @@ def test_mining_plus_inference(tmp_path, algorithm):
                   json.loads((work / "out" / "infer-result.json").read_text())["detection"].values())
     assert f"infer-result.json ({written} boxes)" in result.output  # the count of what the file holds
     assert result.monitor_fields[2:4] == ["1.0000", "2"]
+    check_mining_report(work, len(bad))
     for version in ("2.0.0", "2.3.0"):
         ids = [p.rsplit("/", 1)[1].split(".")[0] for p in good + bad]
         topk = ymir_cmd(version, "topk", work / "out" / "result.tsv", 3)
@@ -98,6 +99,27 @@ def test_mining_plus_inference(tmp_path, algorithm):
         read = ymir_cmd(version, "infer", work / "out", spec)
         assert read["ok"], read.get("trace")
         assert sum(len(v) for v in read["images"].values()) > 0
+
+
+def check_mining_report(work, unreadable):
+    """The report beside result.tsv agrees with result.tsv and infer-result.json, and its picture is a PNG."""
+    report = json.loads((work / "out" / "mining-report.json").read_text())
+    lines = (work / "out" / "result.tsv").read_text().splitlines()
+    whole = report["prefixes"]["all"]
+    assert (whole["images"], whole["unreadable"]) == (len(lines), unreadable)
+    scores = {line.split("\t")[0].rsplit("/", 1)[1]: float(line.split("\t")[1]) for line in lines}
+    readable = [s for s in scores.values() if s >= 0]
+    assert (report["scores"]["max"], report["scores"]["min"]) == (max(readable), min(readable))
+    assert sum(report["scores"]["counts"]) == len(readable) == report["scores"]["count"]
+    assert report["candidates"] == len(lines)
+    tied = len(set(readable)) == 1 and report["ranking"]["algorithm"] != "random"  # the eager model can tie all
+    assert report["ranking"]["order"] == ("random draw from seed 0" if tied else "by score")
+    detection = json.loads((work / "out" / "infer-result.json").read_text())["detection"]
+    shown = [[b for b in detection[name]["boxes"] if b["score"] >= 0.25] for name, s in scores.items() if s >= 0]
+    assert whole["boxes_per_image"] == pytest.approx(sum(map(len, shown)) / len(readable), abs=1e-3)
+    assert whole["predicted_empty_share"] == pytest.approx(sum(1 for b in shown if not b) / len(readable), abs=1e-4)
+    assert sum(whole["boxes_per_class"].values()) == sum(map(len, shown))
+    assert (work / "out" / "mining-report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_results_are_deterministic(tmp_path):
@@ -123,6 +145,9 @@ def test_random_mining_needs_no_model(tmp_path):
     result = run_start(work)
     assert result.returncode == 0, result.output[-2000:]
     assert len((work / "out" / "result.tsv").read_text().splitlines()) == 5
+    report = json.loads((work / "out" / "mining-report.json").read_text())
+    assert report["ranking"] == {"algorithm": "random", "order": "by score"}
+    assert report["prefixes"]["all"] == {"images": 5, "unreadable": 0}  # no model ran: nothing predicted
 
 
 def test_missing_weights_is_a_model_error(tmp_path):
@@ -222,6 +247,13 @@ def test_mining_that_cannot_rank_says_so_and_breaks_ties_by_seed(tmp_path):
         assert result.returncode == 0, result.output[-3000:]
         assert "mining cannot rank these candidates: all 8 readable images scored" in result.output
         assert "the model detects nothing in the whole pool" in result.output
+        report = json.loads((work / "out" / "mining-report.json").read_text())
+        assert report["ranking"]["order"] == f"random draw from seed {seed}"
+        assert "the model detects nothing in the whole pool" in report["ranking"]["why"]
+        assert report["prefixes"]["all"]["predicted_empty_share"] == 1.0
+        monitor = ymir_cmd("2.3.0", "monitor", work / "out" / "monitor.txt")
+        assert (monitor["state"], monitor["percent"], monitor["state_code"]) == (2, 1.0, 0)
+        assert monitor["state_message"].startswith("mining cannot rank: all 8 readable images scored")
         lines = [line.split("\t") for line in (work / "out" / "result.tsv").read_text().splitlines()]
         assert len({score for _, score in lines}) == 1
         index = (work / "in" / "candidate-index.tsv").read_text().split()

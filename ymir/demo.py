@@ -1,11 +1,15 @@
 """A built-in demo dataset: synthetic shapes laid out exactly as YMIR lays out a task's /in and /out.
 
-`python -m ymir.demo ROOT --task training|mining|infer|mining+infer` writes ROOT/in and ROOT/out; then
-`python start.py --in ROOT/in --out ROOT/out` runs the task on it.
+`python -m ymir.demo ROOT --task training|mining|infer|mining+infer` writes ROOT/in and ROOT/out (and, for the
+candidates of mining and inference, the shapes drawn in them: ROOT/truth.json); then
+`python start.py --in ROOT/in --out ROOT/out` runs the task on it. `python -m ymir.demo DEMO_DIR --summary` reads
+what `tools/demo.sh` made under DEMO_DIR and prints its summary, with a picture of the first candidates.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -18,6 +22,9 @@ from ymir.task_folder import TASKS, LabelledImage, write_task_folder
 CLASS_NAMES = ("box", "disc", "triangle")
 DEMO_TRAINING = {"epochs": 15, "img_size": 128, "batch_size_per_gpu": 16, "num_workers_per_gpu": 1,
                  "model": "yolov5n", "args_options": "--hyp warmup_epochs=0 mosaic=0 lr0=0.02"}
+
+
+TRUTH_FILE = "truth.json"
 
 
 @dataclass
@@ -86,10 +93,20 @@ def make_workdir(root: Path, task: str = "training", num_train: int = 48, num_va
             settings["model_params_path"] = ["/in/models/best/best.pt"]
         if "mining" in task:
             settings.update(mining_algorithm="entropy", run_mining=True, run_infer="infer" in task)
-        write_task_folder(root, task, CLASS_NAMES, candidates=draw(num_candidates), model_stage=model_stage,
+        candidates = draw(num_candidates)
+        write_task_folder(root, task, CLASS_NAMES, candidates=candidates, model_stage=model_stage,
                           config={**settings, **(config or {})}, task_id=task_id)
+        write_truth(Path(root) / TRUTH_FILE, candidates)
     (Path(root) / "out" / "monitor.txt").write_text(f"{task_id}\t0\t0.00\t1\n")
     return Path(root)
+
+
+def write_truth(path: Path, images: List[LabelledImage]) -> None:
+    """The shapes drawn in each candidate, keyed by its path in the task (as result.tsv names it)."""
+    truth = {f"/in/assets/{sha1[-2:]}/{sha1}.jpg": [[CLASS_NAMES[c], x1, y1, x2, y2] for c, x1, y1, x2, y2 in
+                                                     image.boxes]
+             for image, sha1 in ((image, hashlib.sha1(image.data).hexdigest()) for image in images)}
+    path.write_text(json.dumps(truth, indent=0))
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -99,7 +116,15 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--format", choices=("ark", "voc"), default="ark")
     parser.add_argument("--model", type=Path, help="for mining/infer: the trained stage folder to hand over "
                                                     "(copied to in/models/<stage>/ as YMIR does)")
+    parser.add_argument("--summary", action="store_true", help="print the summary of what tools/demo.sh made "
+                                                                "under ROOT and draw its first candidates")
+    parser.add_argument("--seconds", type=float, default=0.0, help="with --summary: the demo's total time")
     args = parser.parse_args(argv)
+    if args.summary:
+        from ymir.demo_summary import summary  # the summary's imports (torch, the plots) only where it is asked for
+
+        print("\n".join(summary(args.root, args.seconds)))
+        return
     if args.task == "training":
         # small images and large shapes, so that a few CPU minutes from scratch give a useful model
         make_workdir(args.root, "training", num_train=192, num_val=32, image_size=(128, 128), seed=3,

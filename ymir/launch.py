@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ymir.context import TaskContext
 from ymir.errors import UNKNOWN_ERROR, ExecutorError
-from ymir.monitor import STATE_ERROR
+from ymir.monitor import STATE_ERROR, STATE_RUNNING, read_monitor_line
 from ymir.processes import SUPERVISOR_ENV, terminate_tree
 
 LOG = logging.getLogger(__name__)
@@ -55,19 +55,20 @@ def run_distributed(ctx: TaskContext, processes: int = 0) -> None:
     if code != 0:
         raise _rank_error(ctx.env.output.monitor_file, code)
     ctx.monitor.percent = max(ctx.monitor.percent, 0.99)  # rank 0 reported progress; the supervisor finishes
+    finished = read_monitor_line(ctx.env.output.monitor_file)
+    if finished is not None and finished.state == STATE_RUNNING and finished.message:
+        ctx.monitor.message = finished.message  # rank 0's note (e.g. mining cannot rank) stays in the last line
 
 
 def _rank_error(monitor_file: Path, exit_code: int) -> ExecutorError:
     """Rank 0's own diagnosis when it has one (a config, data, model, memory or NaN error); otherwise the group's
     failure, with what rank 0 saw (often only that a peer went away)."""
     seen = ""
-    try:
-        fields = monitor_file.read_text().splitlines()[0].split("\t")
-        if len(fields) >= 6 and fields[3] == str(STATE_ERROR) and not fields[5].startswith("stopped by signal"):
-            if int(fields[4]) != UNKNOWN_ERROR:
-                return RankFailed(int(fields[4]), fields[5])
-            seen = f"; rank 0 reported: {fields[5]}"
-    except (OSError, IndexError, ValueError):
-        pass
+    line = read_monitor_line(monitor_file)
+    if line is not None and line.state == STATE_ERROR and line.message and \
+            not line.message.startswith("stopped by signal"):
+        if line.code != UNKNOWN_ERROR:
+            return RankFailed(line.code, line.message)
+        seen = f"; rank 0 reported: {line.message}"
     return ExecutorError(f"a process of the task failed and the group was stopped (torchrun exit code {exit_code})"
                          f"{seen}")

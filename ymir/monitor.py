@@ -1,14 +1,16 @@
 """`/out/monitor.txt`: the progress file the platform polls.
 
 One line `task_id TAB timestamp TAB percent TAB state [TAB code TAB message]`, rewritten atomically. While
-running the state is 2 and the percent never goes down; on failure the state is 4, the percent 1, then the
-error code and a one-line message, then the trace lines.
+running the state is 2 and the percent never goes down, with code 0 and a note once there is one to give (the
+platform shows the message; it overwrites the file when the task ends); on failure the state is 4, the percent 1,
+then the error code and a one-line message, then the trace lines.
 """
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Optional
 
 from ymir.atomic import write_text_atomic
 from ymir.errors import one_line
@@ -25,6 +27,25 @@ def safe_field(text: str) -> str:
     return "".join(" " if ord(c) < 32 or c in "\x7f\u2028\u2029\x85" else c for c in str(text))
 
 
+@dataclass(frozen=True)
+class MonitorLine:
+    """The first line of monitor.txt, as another process of the task wrote it."""
+
+    state: int
+    code: int = 0
+    message: str = ""
+
+
+def read_monitor_line(path: Path) -> Optional[MonitorLine]:
+    """None where the file is missing or its first line is not one this module writes."""
+    try:
+        fields = Path(path).read_text(encoding="utf-8").splitlines()[0].split("\t")
+        return MonitorLine(int(fields[3]), int(fields[4]) if len(fields) > 4 else 0,
+                           fields[5] if len(fields) > 5 else "")
+    except (OSError, IndexError, ValueError, UnicodeDecodeError):
+        return None
+
+
 class Monitor:
     def __init__(self, path: Path, task_id: str, min_interval: float = 0.5, enabled: bool = True):
         self.path = Path(path)
@@ -34,6 +55,7 @@ class Monitor:
         self.percent = 0.0
         self._last_write = 0.0
         self._last_stamp = ""
+        self.message = ""  # a running task's note, kept in every later progress line
 
     @property
     def task_id(self) -> str:
@@ -57,7 +79,14 @@ class Monitor:
         if not self.enabled or (not force and now - self._last_write < self.min_interval):
             return
         self._last_write = now
-        self._write(f"{self.task_id}\t{self._stamp()}\t{self.percent:.4f}\t{STATE_RUNNING}\n")
+        note = f"\t0\t{one_line(self.message)}" if self.message else ""
+        self._write(f"{self.task_id}\t{self._stamp()}\t{self.percent:.4f}\t{STATE_RUNNING}{note}\n")
+
+    def note(self, message: str) -> None:
+        """Something a running task wants the user to see (e.g. that mining cannot rank): written at once as the
+        line's message, with code 0, and kept in every later progress line."""
+        self.message = message
+        self.progress(self.percent, force=True)
 
     def span(self, start: float, end: float) -> ProgressSpan:
         return ProgressSpan(self, start, end)

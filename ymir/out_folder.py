@@ -42,7 +42,8 @@ class OutFolderLock:
 def stale_results(output: OutputPaths) -> List[Path]:
     """What an earlier run left that the platform reads: result.tsv, infer-result.json, models/result.yaml and the
     stage folders that file lists."""
-    found = [p for p in (output.mining_result_file, output.infer_result_file) if p.exists()]
+    found = [p for p in (output.mining_result_file, output.infer_result_file, output.mining_report_file,
+                           output.mining_report_picture) if p.exists()]
     if output.training_result_file.exists():
         found.append(output.training_result_file)
         try:

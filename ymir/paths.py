@@ -14,6 +14,8 @@ class OutputPaths:
     training_result_file: Path
     mining_result_file: Path
     infer_result_file: Path
+    mining_report_file: Path  # ours (YMIR ignores other files in /out): ymir.mining.report
+    mining_report_picture: Path
     monitor_file: Path
     tensorboard_dir: Path
     executor_log_file: Path  # written by the platform from the console; by ymir.console_log when run by hand
@@ -22,6 +24,7 @@ class OutputPaths:
     def under(cls, root: Path) -> OutputPaths:
         return cls(root=root, models_dir=root / "models", training_result_file=root / "models" / "result.yaml",
                    mining_result_file=root / "result.tsv", infer_result_file=root / "infer-result.json",
+                   mining_report_file=root / "mining-report.json", mining_report_picture=root / "mining-report.png",
                    monitor_file=root / "monitor.txt", tensorboard_dir=root / "tensorboard",
                    executor_log_file=root / "ymir-executor-out.log")
 

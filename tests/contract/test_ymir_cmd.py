@@ -88,6 +88,19 @@ def test_monitor_parsed_by_the_platform(tmp_path, version, failing):
         assert (result["state"], result["percent"]) == (2, 0.42)
 
 
+def test_a_running_tasks_note_is_parsed_by_the_platform(tmp_path, version):
+    """A note (code 0, the message) stays in the later progress lines and is read as the state's message."""
+    path = tmp_path / "monitor.txt"
+    monitor = Monitor(path, "t0000001000001abcdef1663839849", min_interval=0)
+    monitor.progress(0.3)
+    monitor.note("mining cannot rank:\tall 8 readable images scored 0")
+    monitor.progress(0.9)
+    result = ymir_cmd("2.3.0", "monitor", path)
+    assert result["ok"], result.get("trace")
+    assert (result["state"], result["percent"], result["state_code"]) == (2, 0.9, 0)
+    assert result["state_message"] == "mining cannot rank: all 8 readable images scored 0"
+
+
 @pytest.mark.parametrize("export_format", ["ark:raw", "voc:raw"])
 def test_training_in_written_by_the_platform_is_read_by_us(tmp_path, version, export_format):
     media, in_dir = tmp_path / "media", tmp_path / "in"

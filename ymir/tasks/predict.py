@@ -31,6 +31,7 @@ from ymir.errors import ConfigError, DatasetError, ModelError
 from ymir.launch import run_distributed
 from ymir.mining import UNREADABLE_SCORE
 from ymir.mining.registry import ALGORITHMS, ScorerInputs, make_scorer, rank_scores
+from ymir.mining.report import RankedImage, RankingRule, thumbnail_looks, write_report
 from ymir.results import Detection, write_infer_result, write_mining_result
 from ymir.tasks import fitted_image_size, prediction_image_size
 from ymir.weights import load_checkpoint, resolve_class_names
@@ -46,6 +47,7 @@ class ImageResult:
     detections: List[Detection]
     size: Tuple[int, int]  # width, height
     error: Optional[str] = None
+    look: Optional[np.ndarray] = None  # for the mining report's near-duplicates (ymir.mining.report.thumbnail_looks)
 
 
 def check_distinct_names(candidates: Sequence[Tuple[str, Path]]) -> None:
@@ -70,8 +72,12 @@ def run_mining_and_inference(ctx: TaskContext) -> None:
         check_distinct_names(candidates)
     if config.mining and not ALGORITHMS[config.mining.mining_algorithm].needs_model and config.infer is None:
         scorer = make_scorer(ScorerInputs(config.mining, len(candidates), None, 0, None))  # scores the whole pool
+        order = np.argsort(-np.asarray(scorer.scores, dtype=np.float64), kind="stable")
         write_mining_result(env.output.mining_result_file,
-                            [(raw, float(s)) for (raw, _), s in zip(candidates, scorer.scores)])
+                            [(candidates[i][0], float(scorer.scores[i])) for i in order])
+        write_report(env.output.mining_report_file, env.output.mining_report_picture,
+                     [RankedImage(candidates[i][1], float(scorer.scores[i]), True) for i in order],
+                     list(config.platform.class_names), RankingRule(config.mining.mining_algorithm))
         return
     if needs_launch(config.platform.gpu_ids):
         run_distributed(ctx, wanted_processes(config.platform.gpu_ids))
@@ -125,6 +131,7 @@ def _predict_shard(ctx: TaskContext, candidates: Sequence[Tuple[str, object]], c
             out = detect(detector, images, metas, settings.conf_thres, settings.iou_thres, settings.max_det)
             keys = [candidates[m.index][0] for m in metas]
             batch_scores = scorer.score_batch(images, out, metas, keys) if scorer else [0.0] * len(metas)
+            looks = thumbnail_looks(images) if scorer else [None] * len(metas)
         for b, meta in enumerate(metas):
             if meta.error is not None:
                 results.append(ImageResult(meta.index, UNREADABLE_SCORE, [], (0, 0), meta.error))
@@ -132,7 +139,7 @@ def _predict_shard(ctx: TaskContext, candidates: Sequence[Tuple[str, object]], c
             dets = in_original_pixels(out.detections[b], meta)
             results.append(ImageResult(meta.index, float(batch_scores[b]),
                                        [Detection(*map(float, row[:5]), int(row[5])) for row in dets],
-                                       (meta.shape[1], meta.shape[0])))
+                                       (meta.shape[1], meta.shape[0]), look=looks[b]))
         progress(len(results) / max(1, len(shard)))
         line.update(len(results), len(metas))
     elapsed = time.perf_counter() - started
@@ -151,23 +158,49 @@ def _write_results(ctx: TaskContext, candidates, results: List[ImageResult], cla
         LOG.warning("%d candidate image(s) could not be read; they get the lowest score and no prediction:\n%s",
                     len(unreadable), "\n".join(f"  {path}: {reason}" for path, reason in unreadable[:50]))
     if config.mining:
-        scores = np.array([r.score for r in results])
-        readable = np.array([r.error is None for r in results])
-        undetected = np.array([not r.detections for r in results])
-        scores[readable] = rank_scores(config.mining, scores[readable], undetected[readable])
-        ranked = [(candidates[r.index][0], float(s)) for r, s in zip(results, scores)]
-        needs_model = ALGORITHMS[config.mining.mining_algorithm].needs_model
-        if needs_model and readable.sum() > 1 and np.ptp(scores[readable]) == 0:
-            LOG.warning("mining cannot rank these candidates: all %d readable images scored %.6g (%s); they are "
-                        "listed in a random order drawn from seed %d, as random mining would list them",
-                        int(readable.sum()), scores[readable][0], "the model detects nothing in the whole pool"
-                        if undetected[readable].all() else "the model is equally unsure of each", config.mining.seed)
-            drawn = np.random.default_rng(config.mining.seed).permutation(np.flatnonzero(readable))
-            ranked = [ranked[i] for i in drawn] + [item for item, ok in zip(ranked, readable) if not ok]
-        write_mining_result(env.output.mining_result_file, ranked)
-        LOG.info("mining result written: %s", env.output.mining_result_file)
+        _write_ranking(ctx, candidates, results, class_names)
     if config.infer:
         predictions: Dict[str, Tuple[List[Detection], Tuple[int, int]]] = {
             candidates[r.index][0]: (r.detections, r.size) for r in results}
         written = write_infer_result(env.output.infer_result_file, predictions, class_names, env.protocol_version)
         LOG.info("inference result written: %s (%d boxes)", env.output.infer_result_file, written)
+
+
+def cannot_rank_reason(algorithm: str, scores: np.ndarray, undetected: np.ndarray) -> Optional[str]:
+    """Why the readable candidates' scores say nothing (all equal, for an algorithm that needs the model), or None."""
+    if not ALGORITHMS[algorithm].needs_model or len(scores) < 2 or np.ptp(scores) > 0:
+        return None
+    if undetected.all():
+        return f"all {len(scores)} readable images scored {scores[0]:.6g}: the model detects nothing in the whole pool"
+    return f"all {len(scores)} readable images scored {scores[0]:.6g}: the model is equally unsure of each"
+
+
+def _write_ranking(ctx: TaskContext, candidates, results: List[ImageResult], class_names: List[str]) -> None:
+    """result.tsv, highest score first, and its report. Where the scores cannot rank, the readable candidates are
+    listed in a seeded random order (as random mining would list them), and the log, the report and monitor.txt's
+    message say so."""
+    env, mining = ctx.env, ctx.config.mining
+    scores = np.array([r.score for r in results])
+    readable = np.array([r.error is None for r in results])
+    undetected = np.array([not r.detections for r in results])
+    scores[readable] = rank_scores(mining, scores[readable], undetected[readable])
+    order = np.argsort(-scores, kind="stable")
+    reason = cannot_rank_reason(mining.mining_algorithm, scores[readable], undetected[readable])
+    if reason:
+        LOG.warning("mining cannot rank these candidates: %s; they are listed in a random order drawn from seed %d, "
+                    "as random mining would list them", reason, mining.seed)
+        ctx.monitor.note(f"mining cannot rank: {reason}; listed in a seeded random order")
+        drawn = np.random.default_rng(mining.seed).permutation(np.flatnonzero(readable))
+        order = np.concatenate([drawn, np.flatnonzero(~readable)])
+    write_mining_result(env.output.mining_result_file,
+                        [(candidates[results[i].index][0], float(scores[i])) for i in order])
+    LOG.info("mining result written: %s", env.output.mining_result_file)
+    ranked = [RankedImage(candidates[results[i].index][1], float(scores[i]), bool(readable[i]),
+                          _boxes_array(results[i].detections), results[i].look) for i in order]
+    write_report(env.output.mining_report_file, env.output.mining_report_picture, ranked, class_names,
+                 RankingRule(mining.mining_algorithm, reason, mining.seed))
+
+
+def _boxes_array(detections: Sequence[Detection]) -> np.ndarray:
+    rows = [(d.x1, d.y1, d.x2, d.y2, d.score, d.class_id) for d in detections]
+    return np.array(rows, dtype=np.float64).reshape(-1, 6)
