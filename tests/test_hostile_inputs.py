@@ -352,9 +352,12 @@ def test_stale_result_removal_never_leaves_the_models_folder(tmp_path):
     (output.root / "user-data").mkdir()
     (output.root / "user-data" / "keep.txt").write_text("mine")
     output.training_result_file.write_text("model_stages:\n  '..': {}\n  '.': {}\n  best: {}\n  /etc: {}\n")
+    output.mining_report_file.write_text("{}")  # an earlier mining's report must not pass for this run's
+    output.mining_report_picture.write_bytes(b"png")
     remove_stale_results(output)
     assert (output.root / "user-data" / "keep.txt").exists() and output.models_dir.is_dir()
     assert not (output.models_dir / "best").exists() and not output.training_result_file.exists()
+    assert not output.mining_report_file.exists() and not output.mining_report_picture.exists()
 
 
 def test_a_tiff_header_claiming_a_huge_image_is_refused_without_decoding(tmp_path):
