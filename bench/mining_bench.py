@@ -1,4 +1,4 @@
-"""Mining benchmark: do entropy, aldd and cald pick better images than random, and what does each cost?
+"""Mining benchmark: do entropy, aldd, cald and diverse pick better images than random, and what does each cost?
 
 A generated pool in the spirit of ../shared/mining.md §4 (4 classes at 55/30/12/3 %, so one rare class; 15 %
 empty images; 20 % hard images with small low-contrast objects), a fixed test split, a seeded initial labelled

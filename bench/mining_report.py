@@ -8,7 +8,7 @@ import json
 import numpy as np
 from mining_pool import CLASSES
 
-METHODS = ("random", "entropy", "aldd", "cald")
+METHODS = ("random", "entropy", "aldd", "cald", "diverse")
 # Variants of an algorithm: the mining config each adds. Measured in the proxy and speed sections; in the rounds
 # too when named in --methods.
 VARIANTS = {"aldd@input": ("aldd", {"aldd_resolution": "input"}),

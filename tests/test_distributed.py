@@ -75,22 +75,26 @@ def test_a_killed_rank_fails_the_task_promptly_and_leaves_nothing(tmp_path):
     assert not left, f"left behind: {left}"
 
 
-def test_two_process_sharded_mining_and_inference_equal_one_process(tmp_path):
+@pytest.mark.parametrize("algorithm", ["cald", "diverse"])
+def test_two_process_sharded_mining_and_inference_equal_one_process(tmp_path, algorithm):
     """Candidates split over 2 processes (gloo) and gathered on rank 0 give byte-identical results, including the
-    unreadable candidates; CALD's seeded augmentations make it the most order-sensitive algorithm to check."""
+    unreadable candidates; CALD's seeded augmentations make it the most order-sensitive algorithm to check, and
+    `diverse` ranks the whole pool at once from evidence every process gathers."""
     from tests.test_predict_task import workdir_with_bad_candidates
 
     outputs = {}
     for processes in ("1", "2"):
-        work, good, bad = workdir_with_bad_candidates(tmp_path / processes, "mining+infer", algorithm="cald")
+        work, good, bad = workdir_with_bad_candidates(tmp_path / processes, "mining+infer", algorithm=algorithm)
         proc = start(work, YMIR_CPU_PROCESSES=processes)
         output, _ = proc.communicate(timeout=HANG_LIMIT)
         assert proc.returncode == 0, output[-3000:]
         assert ("sharded over 2 processes" in output) == (processes == "2")
         out = work / "out"
-        outputs[processes] = ((out / "result.tsv").read_text(), (out / "infer-result.json").read_text())
-        assert sorted(p.name for p in out.iterdir()) == ["infer-result.json", "models", "monitor.txt",
-                                                        "result.tsv", "tensorboard", "ymir-executor-out.log"]
+        outputs[processes] = tuple((out / name).read_text() for name in
+                                   ("result.tsv", "infer-result.json", "mining-report.json"))
+        assert sorted(p.name for p in out.iterdir()) == [
+            "infer-result.json", "mining-report.json", "mining-report.png", "models", "monitor.txt", "result.tsv",
+            "tensorboard", "ymir-executor-out.log"]
         log = (out / "ymir-executor-out.log").read_text()  # the console of every process, each line once
         assert log.count(" INFO ") == output.count(" INFO ") > 0
         assert log.count("sharded over 2 processes") == output.count("sharded over 2 processes")

@@ -40,6 +40,17 @@ def test_onnx_detector_equals_the_torch_detector(model):
         assert max((a - b).abs().max().item() for a, b in zip(levels, expected_levels)) < 1e-4
 
 
+def test_both_detectors_return_the_same_neck_features_when_asked(model):
+    ours, reference = OnnxDetector(model, SIZE, 2, features=True), Detector(model, torch.device("cpu"), features=True)
+    x = images(2, 5)
+    (decoded, levels, neck), (expected_decoded, _, expected_neck) = ours(x), reference(x)
+    assert (decoded - expected_decoded).abs().max().item() < 1e-3 and len(levels) == 3
+    assert [m.shape[0:1] + m.shape[2:] for m in neck] == [(2, 12, 12), (2, 6, 6), (2, 3, 3)]  # strides 8, 16, 32
+    assert [m.shape[1] for m in neck] == [layer.in_channels for layer in model.detect.m]
+    assert max((a - b).abs().max().item() for a, b in zip(neck, expected_neck)) < 1e-3
+    assert len(OnnxDetector(model, SIZE, 2)(x)) == 2  # not asked: the usual pair
+
+
 def test_an_image_gets_the_same_output_alone_or_in_any_batch(model):
     """Sharding changes which images share a batch; the results must not change with it."""
     ours = OnnxDetector(model, SIZE, threads=2)

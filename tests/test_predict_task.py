@@ -78,7 +78,7 @@ def check_outputs(work, good, bad, mining=True, infer=True):
         assert {b["class_name"] for b in boxes} <= set(CLASS_NAMES)
 
 
-@pytest.mark.parametrize("algorithm", ["entropy", "aldd", "cald", "random"])
+@pytest.mark.parametrize("algorithm", ["entropy", "aldd", "cald", "diverse", "random"])
 def test_mining_plus_inference(tmp_path, algorithm):
     work, good, bad = workdir_with_bad_candidates(tmp_path, "mining+infer", algorithm)
     result = run_start(work)

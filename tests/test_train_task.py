@@ -16,6 +16,7 @@ from tests.helpers import HANG_LIMIT, START, edit_yaml, load_trusted, make_read_
 from utils.checkpoint import read_checkpoint, save_checkpoint
 from ymir.demo import CLASS_NAMES, make_workdir
 from ymir.errors import CONFIG_ERROR, MODEL_ERROR
+from ymir.mining.diverse import recorded_class_ap
 
 FAST = {"epochs": 2, "img_size": 96, "batch_size_per_gpu": 8, "num_workers_per_gpu": 0}
 
@@ -44,6 +45,11 @@ def test_training_writes_stages_the_platform_packs(tmp_path):
     assert stored["best_fitness"] == pytest.approx(ckpt.meta["metrics"]["mAP"])
     assert all(v.dtype == torch.float16 for v in stored["model"].state_dict().values() if v.is_floating_point())
     assert sum(ckpt.meta["class_histogram"]) > 0
+    # AP@0.5 per class for diverse mining: a number for each class the validation set holds, None for the others
+    val = (work / "in" / "val-index.tsv").read_text().split()[1::2]
+    held = {int(line.split(",")[0]) for anno in val for line in (work / anno[1:]).read_text().splitlines()}
+    recorded = ckpt.meta["class_ap50"]
+    assert recorded_class_ap(recorded, 3) == recorded and {c for c, ap in enumerate(recorded) if ap is not None} == held
     for version in ("2.0.0", "2.3.0"):
         packed = ymir_cmd(version, "pack", out, tmp_path / f"pack-{version}")
         assert packed["ok"], packed.get("trace")

@@ -106,6 +106,7 @@ class MiningConfig(InferConfig):
     aldd_resolution: str = "native"
     cald_class_diversity: bool = False
     cald_undetected_share: float = 1.0
+    diverse_empty_share: float = 0.1  # ymir.mining.diverse: the share of every top given to predicted-empty images
     seed: int = 0
 
     def validate(self) -> MiningConfig:
@@ -117,6 +118,8 @@ class MiningConfig(InferConfig):
         _check(all(0 <= w <= MAX_CLASS_WEIGHT for w in self.class_distribution_scores), "class_distribution_scores",
                self.class_distribution_scores, f"comma-separated numbers from 0 to {MAX_CLASS_WEIGHT:g} (weights "
                "relative to each other)")
+        _check(0.0 <= self.diverse_empty_share <= 1.0, "diverse_empty_share", self.diverse_empty_share,
+               "a number in [0, 1]")
         _check(0.0 <= self.cald_undetected_share <= 1.0, "cald_undetected_share", self.cald_undetected_share,
                "a number in [0, 1]")
         _check(self.seed >= 0, "seed", self.seed, "an integer >= 0")

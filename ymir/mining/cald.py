@@ -36,6 +36,8 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
+from ymir.mining.ordering import interleaved_order
+
 BETA = 1.3
 RESIZE_FACTOR = 0.8
 ROTATION_DEGREES = 5.0
@@ -212,13 +214,7 @@ def share_undetected(scores: np.ndarray, undetected: np.ndarray, share: float) -
     detected = detected[np.argsort(-scores[detected], kind="stable")]
     missed = np.flatnonzero(undetected)
     missed = missed[np.argsort(-scores[missed], kind="stable")]
-    order, taken = [], 0  # order: indices in the interleaved ranking
-    for place in range(1, len(scores) + 1):
-        if taken < len(missed) and (taken + 1 <= share * place + 1e-9 or len(order) - taken == len(detected)):
-            order.append(missed[taken])
-            taken += 1
-        else:
-            order.append(detected[len(order) - taken])
+    order = interleaved_order(detected, missed, share).tolist()
     out = scores.copy()
     run: List[int] = []  # consecutive images without detections, placed between two detected neighbours
     above = None

@@ -4,13 +4,15 @@ scorers all read this one table."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Dict, Optional
+from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence
 
 import numpy as np
 
 from utils.inference import ForwardPass
+from ymir.mining import diverse
 from ymir.mining.cald import share_undetected
-from ymir.mining.scorers import AlddScorer, CaldScorer, EntropyScorer, RandomScorer, Scorer
+from ymir.mining.diverse import Evidence
+from ymir.mining.scorers import AlddScorer, CaldScorer, DiverseScorer, EntropyScorer, RandomScorer, Scorer
 
 if TYPE_CHECKING:
     from ymir.config import MiningConfig
@@ -25,15 +27,32 @@ class ScorerInputs:
     detector: Optional[ForwardPass]
     nc: int
     label_histogram: Optional[np.ndarray]  # the model's training labels per class, when its checkpoint has them
+    anchors: int = 3  # per cell and level, as every YOLOv5 head has
 
 
-def keep_scores(config: MiningConfig, scores: np.ndarray, undetected: np.ndarray) -> np.ndarray:
-    return scores
+@dataclass(frozen=True)
+class GatheredScores:
+    """The readable candidates of the whole pool, once every shard's results are gathered."""
+
+    scores: np.ndarray
+    undetected: np.ndarray  # no detection kept at conf_thres
+    evidence: Sequence[Optional[Evidence]]  # from scorers that describe images (diverse), else None each
+    nc: int
+    class_ap: Optional[Sequence[Optional[float]]] = None  # AP@0.5 per class of the model, where recorded
 
 
-def cald_finalise(config: MiningConfig, scores: np.ndarray, undetected: np.ndarray) -> np.ndarray:
+def keep_scores(config: MiningConfig, pool: GatheredScores) -> np.ndarray:
+    return pool.scores
+
+
+def cald_finalise(config: MiningConfig, pool: GatheredScores) -> np.ndarray:
     """CALD's share of images without detections (`cald_undetected_share`) needs the whole ranking."""
-    return share_undetected(scores, undetected, config.cald_undetected_share)
+    return share_undetected(pool.scores, pool.undetected, config.cald_undetected_share)
+
+
+def diverse_finalise(config: MiningConfig, pool: GatheredScores) -> np.ndarray:
+    """The class difficulties and the farthest-point order need the whole pool."""
+    return diverse.rank(list(pool.evidence), pool.nc, pool.class_ap, config.diverse_empty_share)
 
 
 @dataclass(frozen=True)
@@ -43,7 +62,8 @@ class MiningAlgorithm:
     name: str
     needs_model: bool
     make: Callable[[ScorerInputs], Scorer]
-    finalise: Callable[[MiningConfig, np.ndarray, np.ndarray], np.ndarray] = keep_scores
+    finalise: Callable[[MiningConfig, GatheredScores], np.ndarray] = keep_scores
+    needs_features: bool = False  # the detector also returns the neck's maps (utils.neck_features)
 
 
 ALGORITHMS: Dict[str, MiningAlgorithm] = {a.name: a for a in (
@@ -54,6 +74,8 @@ ALGORITHMS: Dict[str, MiningAlgorithm] = {a.name: a for a in (
     MiningAlgorithm("cald", True, lambda i: CaldScorer(i.detector, i.config, i.label_histogram
                                                        if i.config.cald_class_diversity else None),
                     finalise=cald_finalise),
+    MiningAlgorithm("diverse", True, lambda i: DiverseScorer(i.config.iou_thres, i.config.max_det, i.anchors),
+                    finalise=diverse_finalise, needs_features=True),
 )}
 NAMES = tuple(ALGORITHMS)
 
@@ -62,6 +84,6 @@ def make_scorer(inputs: ScorerInputs) -> Scorer:
     return ALGORITHMS[inputs.config.mining_algorithm].make(inputs)
 
 
-def rank_scores(config: MiningConfig, scores: np.ndarray, undetected: np.ndarray) -> np.ndarray:
+def rank_scores(config: MiningConfig, pool: GatheredScores) -> np.ndarray:
     """The final scores of all readable candidates, once every shard's are gathered."""
-    return ALGORITHMS[config.mining_algorithm].finalise(config, scores, undetected)
+    return ALGORITHMS[config.mining_algorithm].finalise(config, pool)

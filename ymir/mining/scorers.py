@@ -2,7 +2,7 @@
 names them)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, List, Optional, Sequence
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -20,7 +20,9 @@ from ymir.mining.cald import (
     class_vector,
     image_rng,
 )
-from ymir.mining.entropy import ENTROPY_MIN_SCORE, entropy_score
+from ymir.mining.diverse import MIN_SCORE as DIVERSE_MIN_SCORE
+from ymir.mining.diverse import Evidence, box_features, image_evidence, image_uncertainty
+from ymir.mining.entropy import ENTROPY_MIN_SCORE, entropy_score, undetected_score
 from ymir.mining.random_draw import random_scores
 
 if TYPE_CHECKING:
@@ -31,6 +33,11 @@ class Scorer:
     def score_batch(self, images: torch.Tensor, out: BatchOutput, metas: List[ImageMeta],
                     keys: Sequence[str]) -> List[float]:
         raise NotImplementedError
+
+    def score_and_describe(self, images: torch.Tensor, out: BatchOutput, metas: List[ImageMeta],
+                           keys: Sequence[str]) -> Tuple[List[float], List[Optional[Evidence]]]:
+        """The scores and, for an algorithm whose ranking needs the whole pool (`diverse`), each image's evidence."""
+        return self.score_batch(images, out, metas, keys), [None] * len(metas)
 
 
 class RandomScorer(Scorer):
@@ -114,4 +121,29 @@ class CaldScorer(Scorer):
         return scores
 
 
-__all__ = ["Scorer", "RandomScorer", "EntropyScorer", "AlddScorer", "CaldScorer", "UNREADABLE_SCORE"]
+class DiverseScorer(Scorer):
+    """Each image's evidence (its confident boxes, their uncertainty and neck features); the ranking itself is
+    made once the whole pool is scored (ymir.mining.diverse). The score here weighs every class alike."""
+
+    def __init__(self, iou_thres: float, max_det: int, anchors: int):
+        self.iou_thres, self.max_det, self.anchors = iou_thres, max_det, anchors
+
+    def score_batch(self, images, out, metas, keys):
+        return self.score_and_describe(images, out, metas, keys)[0]
+
+    def score_and_describe(self, images, out, metas, keys):
+        if out.features is None:
+            raise ValueError("diverse mining needs a detector made with features=True")
+        dets, indices = non_max_suppression(out.decoded, DIVERSE_MIN_SCORE, self.iou_thres, max_det=self.max_det,
+                                            return_indices=True)
+        evidence, scores = [], []
+        for b, (det, rows) in enumerate(zip(dets, indices)):
+            features = box_features(out.features, b, rows.cpu(), self.anchors)
+            near_miss = 0.0 if len(det) else best_raw_score(out.decoded[b])
+            evidence.append(image_evidence(det[:, 4].numpy(), out.decoded[b, rows, 5:].numpy(), features, near_miss))
+            scores.append(image_uncertainty(evidence[-1].rows, np.ones(out.decoded.shape[2] - 5))
+                          if len(det) else undetected_score(near_miss))
+        return scores, evidence
+
+
+__all__ = ["Scorer", "RandomScorer", "EntropyScorer", "AlddScorer", "CaldScorer", "DiverseScorer", "UNREADABLE_SCORE"]

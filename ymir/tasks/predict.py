@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
-from utils.checkpoint import CheckpointError, build_model
+from utils.checkpoint import Checkpoint, CheckpointError, build_model
 from utils.dist import rank_and_world
 from utils.inference import LetterboxedImages, collate, detect, in_original_pixels, make_detector
 from utils.progress import ProgressLine
@@ -30,7 +30,8 @@ from ymir.distributed import needs_launch, process_group, wanted_processes
 from ymir.errors import ConfigError, DatasetError, ModelError
 from ymir.launch import run_distributed
 from ymir.mining import UNREADABLE_SCORE
-from ymir.mining.registry import ALGORITHMS, ScorerInputs, make_scorer, rank_scores
+from ymir.mining.diverse import Evidence, recorded_class_ap
+from ymir.mining.registry import ALGORITHMS, GatheredScores, ScorerInputs, make_scorer, rank_scores
 from ymir.mining.report import RankedImage, RankingRule, thumbnail_looks, write_report
 from ymir.results import Detection, write_infer_result, write_mining_result
 from ymir.tasks import fitted_image_size, prediction_image_size
@@ -48,6 +49,7 @@ class ImageResult:
     size: Tuple[int, int]  # width, height
     error: Optional[str] = None
     look: Optional[np.ndarray] = None  # for the mining report's near-duplicates (ymir.mining.report.thumbnail_looks)
+    evidence: Optional[Evidence] = None  # for algorithms that rank the whole pool at once (diverse)
 
 
 def check_distinct_names(candidates: Sequence[Tuple[str, Path]]) -> None:
@@ -99,7 +101,7 @@ def run_mining_and_inference(ctx: TaskContext) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     if rank == 0:
-        _write_results(ctx, candidates, sorted(results, key=lambda r: r.index), class_names)
+        _write_results(ctx, candidates, sorted(results, key=lambda r: r.index), class_names, ckpt)
 
 
 def _predict_shard(ctx: TaskContext, candidates: Sequence[Tuple[str, object]], ckpt, device) -> List[ImageResult]:
@@ -113,10 +115,11 @@ def _predict_shard(ctx: TaskContext, candidates: Sequence[Tuple[str, object]], c
         raise ModelError(str(exc)) from None
     img_size = fitted_image_size(model, prediction_image_size(settings.img_size, ckpt.meta.get("img_size"),
                                                               settings.force_img_size))
-    detector = make_detector(model, device, img_size)
+    algorithm = ALGORITHMS[config.mining.mining_algorithm] if config.mining else None
+    detector = make_detector(model, device, img_size, features=algorithm is not None and algorithm.needs_features)
     histogram = ckpt.meta.get("class_histogram")
     scorer = make_scorer(ScorerInputs(config.mining, len(candidates), detector, ckpt.nc, np.asarray(
-        histogram, dtype=np.float64) if histogram else None)) if config.mining else None
+        histogram, dtype=np.float64) if histogram else None, model.detect.na)) if config.mining else None
     dataset = LetterboxedImages([path for _, path in candidates], img_size)
     shard = Subset(dataset, range(rank, len(candidates), world)) if world > 1 else dataset
     workers = min(settings.num_workers_per_gpu, os.cpu_count() or 1)
@@ -130,7 +133,8 @@ def _predict_shard(ctx: TaskContext, candidates: Sequence[Tuple[str, object]], c
         with torch.inference_mode():  # no autograd bookkeeping for the forward passes nor the scores
             out = detect(detector, images, metas, settings.conf_thres, settings.iou_thres, settings.max_det)
             keys = [candidates[m.index][0] for m in metas]
-            batch_scores = scorer.score_batch(images, out, metas, keys) if scorer else [0.0] * len(metas)
+            batch_scores, evidence = scorer.score_and_describe(images, out, metas, keys) if scorer else (
+                [0.0] * len(metas), [None] * len(metas))
             looks = thumbnail_looks(images) if scorer else [None] * len(metas)
         for b, meta in enumerate(metas):
             if meta.error is not None:
@@ -139,7 +143,7 @@ def _predict_shard(ctx: TaskContext, candidates: Sequence[Tuple[str, object]], c
             dets = in_original_pixels(out.detections[b], meta)
             results.append(ImageResult(meta.index, float(batch_scores[b]),
                                        [Detection(*map(float, row[:5]), int(row[5])) for row in dets],
-                                       (meta.shape[1], meta.shape[0]), look=looks[b]))
+                                       (meta.shape[1], meta.shape[0]), look=looks[b], evidence=evidence[b]))
         progress(len(results) / max(1, len(shard)))
         line.update(len(results), len(metas))
     elapsed = time.perf_counter() - started
@@ -148,7 +152,8 @@ def _predict_shard(ctx: TaskContext, candidates: Sequence[Tuple[str, object]], c
     return results
 
 
-def _write_results(ctx: TaskContext, candidates, results: List[ImageResult], class_names: List[str]) -> None:
+def _write_results(ctx: TaskContext, candidates, results: List[ImageResult], class_names: List[str],
+                   ckpt: Checkpoint) -> None:
     env, config = ctx.env, ctx.config
     unreadable = [(candidates[r.index][0], r.error) for r in results if r.error is not None]
     if unreadable and len(unreadable) == len(results):
@@ -158,7 +163,7 @@ def _write_results(ctx: TaskContext, candidates, results: List[ImageResult], cla
         LOG.warning("%d candidate image(s) could not be read; they get the lowest score and no prediction:\n%s",
                     len(unreadable), "\n".join(f"  {path}: {reason}" for path, reason in unreadable[:50]))
     if config.mining:
-        _write_ranking(ctx, candidates, results, class_names)
+        _write_ranking(ctx, candidates, results, class_names, ckpt)
     if config.infer:
         predictions: Dict[str, Tuple[List[Detection], Tuple[int, int]]] = {
             candidates[r.index][0]: (r.detections, r.size) for r in results}
@@ -175,7 +180,8 @@ def cannot_rank_reason(algorithm: str, scores: np.ndarray, undetected: np.ndarra
     return f"all {len(scores)} readable images scored {scores[0]:.6g}: the model is equally unsure of each"
 
 
-def _write_ranking(ctx: TaskContext, candidates, results: List[ImageResult], class_names: List[str]) -> None:
+def _write_ranking(ctx: TaskContext, candidates, results: List[ImageResult], class_names: List[str],
+                   ckpt: Checkpoint) -> None:
     """result.tsv, highest score first, and its report. Where the scores cannot rank, the readable candidates are
     listed in a seeded random order (as random mining would list them), and the log, the report and monitor.txt's
     message say so."""
@@ -183,15 +189,18 @@ def _write_ranking(ctx: TaskContext, candidates, results: List[ImageResult], cla
     scores = np.array([r.score for r in results])
     readable = np.array([r.error is None for r in results])
     undetected = np.array([not r.detections for r in results])
-    scores[readable] = rank_scores(mining, scores[readable], undetected[readable])
-    order = np.argsort(-scores, kind="stable")
     reason = cannot_rank_reason(mining.mining_algorithm, scores[readable], undetected[readable])
-    if reason:
+    if reason:  # the scores stay tied: the sort in write_mining_result keeps the drawn order
         LOG.warning("mining cannot rank these candidates: %s; they are listed in a random order drawn from seed %d, "
                     "as random mining would list them", reason, mining.seed)
         ctx.monitor.note(f"mining cannot rank: {reason}; listed in a seeded random order")
         drawn = np.random.default_rng(mining.seed).permutation(np.flatnonzero(readable))
         order = np.concatenate([drawn, np.flatnonzero(~readable)])
+    else:
+        scores[readable] = rank_scores(mining, GatheredScores(
+            scores[readable], undetected[readable], [r.evidence for r, ok in zip(results, readable) if ok],
+            ckpt.nc, recorded_class_ap(ckpt.meta.get("class_ap50"), ckpt.nc)))
+        order = np.argsort(-scores, kind="stable")
     write_mining_result(env.output.mining_result_file,
                         [(candidates[results[i].index][0], float(scores[i])) for i in order])
     LOG.info("mining result written: %s", env.output.mining_result_file)

@@ -220,6 +220,15 @@ class StageSaver:
         return {"mAP": m.map50, "mAR": m.recall, "mAP50_95": m.map50_95, "precision": m.precision,
                 "tp": m.tp, "fp": m.fp, "fn": m.fn}
 
+    def class_ap50(self, m: DetectionMetrics) -> List[Optional[float]]:
+        """AP@0.5 per class on the validation set, None for a class it does not hold (mining's difficulty)."""
+        ap: List[Optional[float]] = [None] * len(self.names)
+        if m.per_class is not None:
+            for c, value in zip(m.per_class.classes.astype(int), m.per_class.ap[:, 0]):
+                if 0 <= c < len(ap):
+                    ap[c] = float(value)
+        return ap
+
     def _save(self, stage: str, stem: str, model, epoch: int, m: DetectionMetrics, onnx: bool, best: bool) -> bool:
         """Save and list the weights, then (with `onnx`) the export; returns whether the stage lists an ONNX."""
         folder = self.writer.stage_dir(stage)
@@ -229,7 +238,7 @@ class StageSaver:
             self.writer.add(stage, [f for f in listed.files if f != f"{stem}.onnx"], listed.metrics, best=best,
                             timestamp=listed.timestamp)
         (folder / f"{stem}.onnx").unlink(missing_ok=True)
-        meta = dict(self.meta, epoch=epoch + 1, metrics=self.metrics(m))
+        meta = dict(self.meta, epoch=epoch + 1, metrics=self.metrics(m), class_ap50=self.class_ap50(m))
         save_checkpoint(folder / f"{stem}.pt", model, self.names, epoch=epoch + 1, meta=meta, opt=self.opt,
                         best_fitness=float(m.map50))  # what "best" means here (a float, as YOLOv5 keeps it)
         self.writer.add(stage, self._keep([f"{stem}.pt"]), self.metrics(m), best=best, timestamp=int(time.time()))

@@ -1,0 +1,93 @@
+"""`diverse` mining: its orders, its class difficulty, and the box features it reads from the neck."""
+import numpy as np
+import pytest
+import torch
+
+from ymir.mining.diverse import (
+    FEATURE,
+    FEATURE_DIM,
+    Evidence,
+    box_features,
+    class_quality,
+    diverse_order,
+    image_uncertainty,
+    place_scores,
+    projection,
+    recorded_class_ap,
+)
+from ymir.mining.ordering import farthest_point_order, interleaved_order
+
+
+def test_interleaving_gives_the_side_list_its_share_of_every_top():
+    main, side = np.arange(6), np.array([10, 11])
+    assert interleaved_order(main, side, 0.25).tolist() == [0, 1, 2, 10, 3, 4, 5, 11]
+    assert interleaved_order(main, side, 0.0).tolist() == [0, 1, 2, 3, 4, 5, 10, 11]
+    assert interleaved_order(main, side, 1.0).tolist() == [10, 11, 0, 1, 2, 3, 4, 5]
+    assert interleaved_order(main[:1], side, 0.1).tolist() == [0, 10, 11]  # main spent: the side list follows
+
+
+def test_the_farthest_point_walk_puts_copies_last_and_spreads_the_rest():
+    looks = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0], [1, 0, 0], [0, 0, 1], [0.6, 0.8, 0]], dtype=np.float64)
+    order = farthest_point_order(looks, np.ones(6)).tolist()
+    assert order[0] == 0 and set(order[1:3]) == {2, 4}  # the two directions nothing placed covers yet
+    assert order[-2:] == [1, 3]  # the copies of the first: nothing to add
+    weighted = farthest_point_order(looks, np.array([0.2, 1, 0.1, 0.9, 0.5, 0.5])).tolist()
+    assert weighted[0] == 1 and weighted[1] == 4  # heaviest first, then the heaviest far one
+    assert farthest_point_order(np.zeros((0, 3)), np.zeros(0)).tolist() == []
+
+
+def evidence(cls, score, uncertainty, feature):
+    row = np.zeros(FEATURE + FEATURE_DIM, np.float32)
+    row[:FEATURE] = cls, score, uncertainty
+    row[FEATURE:] = feature
+    return row
+
+
+def unit(seed):
+    v = np.random.default_rng(seed).normal(size=FEATURE_DIM)
+    return v / np.linalg.norm(v)
+
+
+def test_class_quality_comes_from_the_recorded_ap_or_else_from_the_pool():
+    pool = [Evidence(np.stack([evidence(0, 0.9, 0.3, unit(1)), evidence(0, 0.8, 0.5, unit(2))])),
+            Evidence(np.stack([evidence(0, 0.9, 0.3, unit(3)), evidence(1, 0.2, 0.7, unit(4))]))]
+    quality = class_quality(pool, 3, None)
+    # class 0: mean score 0.867, 3 of 4 boxes (share 2.25 x even, capped at 1); class 1: 0.2 x 0.75; class 2: none
+    assert quality == pytest.approx([0.8667, 0.15, 0.0], abs=1e-3)
+    assert class_quality(pool, 3, [0.5, None, 0.9]) == pytest.approx([0.5, 0.15, 0.9], abs=1e-3)
+    weights = 1 + (1 - quality)
+    rows = pool[1].rows
+    assert image_uncertainty(rows, weights) == pytest.approx((0.7 * 1.85 + 0.3 * (2 - 0.8667)) / 2, abs=1e-3)
+
+
+def test_copies_of_one_uncertain_scene_do_not_fill_the_top_and_empty_images_get_their_share():
+    scene = unit(0)
+    copies = [Evidence(evidence(0, 0.5, 0.95, scene)[None]) for _ in range(20)]  # the most uncertain
+    varied = [Evidence(evidence(1, 0.6, 0.8, unit(10 + k))[None]) for k in range(10)]
+    empty = [Evidence(np.zeros((0, FEATURE + FEATURE_DIM), np.float32), near_miss=0.01 * k) for k in range(10)]
+    pool = copies + varied + empty
+    order = diverse_order(pool, 2, None, 0.1)
+    assert sorted(order.tolist()) == list(range(40))
+    top = order[:10].tolist()
+    assert sum(1 for i in top if i < 20) <= 2  # without the walk all ten would be copies
+    assert top[9] == 39  # place 10 of 10: the strongest near miss among the empty images
+    scores = place_scores(order)
+    assert [scores[i] for i in order] == sorted(scores, reverse=True) and scores.min() > 0
+
+
+def test_a_boxs_feature_is_read_at_the_cell_that_predicted_it():
+    """Decoded rows run level by level, anchor by anchor, row by row: row 3 * 4 * 4 + 2 * 4 + 1 of level 1
+    (after level 0's 3 x 8 x 8) is anchor 1, y 2, x 1 at level 1."""
+    neck = [torch.randn(2, 8, 8, 8), torch.randn(2, 16, 4, 4)]
+    rows = torch.tensor([3 * 8 * 8 + 1 * 16 + 2 * 4 + 1, 2 * 64 + 7 * 8 + 5])
+    features = box_features(neck, 1, rows, anchors=3)
+    expected = [neck[1][1, :, 2, 1] @ projection(16, 1), neck[0][1, :, 7, 5] @ projection(8, 0)]
+    for got, want in zip(features, expected):
+        assert got == pytest.approx((want / want.norm()).numpy(), abs=1e-5)
+    assert projection(16, 1).equal(projection(16, 1)) and not projection(16, 0).equal(projection(16, 1))
+
+
+@pytest.mark.parametrize("value", ["0.5", [0.5, 0.2], [0.5, "x", None], [True, 0.1, 0.2], [0.5, 1.5, 0.1], {"a": 1}])
+def test_a_checkpoints_class_ap_is_used_only_when_it_is_one_number_or_none_per_class(value):
+    assert recorded_class_ap(value, 3) is None
+    assert recorded_class_ap([0.5, None, 1], 3) == [0.5, None, 1.0]
