@@ -6,6 +6,7 @@ from models.yolo import MODEL_NAMES
 from ymir.config import (
     InferConfig,
     MiningConfig,
+    PlatformConfig,
     TrainingConfig,
     build_section,
     load_config,
@@ -117,6 +118,15 @@ def test_every_template_key_is_understood():
     assert set(load_template("infer")) - platform_only == section_keys(InferConfig)
     assert "options" not in section_keys(TrainingConfig)  # derived from args_options, not a key of config.yaml
     assert load_template("training")["model"] in MODEL_NAMES
+
+
+def test_each_template_value_is_its_sections_default():
+    """The dataclasses own the defaults; the templates the platform shows users repeat them exactly. Not
+    export_format: the template asks the platform for ark (`ark:raw`), while a config.yaml that names no format
+    means what the platform exports then, det-voc."""
+    for name, section in (("training", TrainingConfig), ("mining", MiningConfig), ("infer", InferConfig)):
+        assert build_section(section, load_template(name)) == section().validate(), name
+    assert (load_template("training")["export_format"], PlatformConfig().export_format) == ("ark:raw", "det-voc:raw")
 
 
 @pytest.mark.parametrize("changes,needle", [

@@ -8,7 +8,7 @@ import torch
 
 from tests.helpers import run_start
 from tests.test_predict_task import eager_model, with_model
-from ymir.demo import TRUTH_FILE, make_workdir
+from ymir.demo import DEMO_SIZE, TRUTH_FILE, make_workdir
 from ymir.demo_summary import matched, summary
 from ymir.results import ModelStageWriter
 
@@ -30,8 +30,8 @@ def test_the_summary_counts_what_the_task_wrote(tmp_path):
     stage.mkdir(parents=True)
     (stage / "best.pt").write_bytes(b"weights")
     ModelStageWriter(demo / "train" / "out" / "models").add("best", ["best.pt"], {"mAP": 0.5, "mAP50_95": 0.25})
-    mine = make_workdir(demo / "mine", "mining+infer", num_candidates=10, image_size=(128, 128), seed=4,
-                        config={"img_size": 128, "conf_thres": 0.2})
+    mine = make_workdir(demo / "mine", "mining+infer", num_candidates=10, image_size=(DEMO_SIZE, DEMO_SIZE), seed=4,
+                        config={"img_size": DEMO_SIZE, "conf_thres": 0.2})
     torch.manual_seed(0)
     with_model(mine, eager_model())
     result = run_start(mine)
@@ -47,4 +47,4 @@ def test_the_summary_counts_what_the_task_wrote(tmp_path):
     assert lines[0].endswith("['best.pt']") and "mAP@0.5 0.500   mAP@0.5:0.95 0.250" in lines[1]
     assert lines[-1] == "total time: 2m05s"
     picture = cv2.imread(str(demo / "first-candidates.png"))
-    assert picture.shape == (4 * 256, 4 * 256, 3)  # 8 candidates, each twice at 256 px, four to a row
+    assert picture.shape == (4 * 256, 4 * 256, 3)  # 8 candidates, each twice at 256 px (scaled up), four to a row

@@ -63,7 +63,7 @@ class PlatformConfig:
     gpu_ids: Tuple[int, ...] = ()  # empty: run on CPU
     pretrained_model_params: Tuple[Path, ...] = ()
     model_params_path: Tuple[Path, ...] = ()
-    export_format: str = "det-voc:raw"
+    export_format: str = "det-voc:raw"  # what the platform exports when config.yaml names none (templates: ark)
 
     @property
     def annotation_format(self) -> str:
@@ -134,7 +134,7 @@ class TrainingConfig:
     epochs: int = 100
     img_size: int = 640
     opset: int = 11
-    args_options: str = ""
+    args_options: str = "--exist-ok"  # as the reference executor's template has it: harmless, outputs go to /out
     save_best_only: bool = True
     save_period: int = 10
     sync_bn: bool = False
@@ -246,7 +246,7 @@ def build_platform(raw: dict, mapper: PathMapper, need_class_names: bool) -> Pla
     _check(all(class_names), "class_names", raw.get("class_names"), "non-empty names")
     _check(len({n.lower() for n in class_names}) == len(class_names), "class_names", raw.get("class_names"),
            "distinct names")
-    export_format = coerce.to_str(raw.get("export_format"), "export_format").strip() or "det-voc:raw"
+    export_format = coerce.to_str(raw.get("export_format"), "export_format").strip() or PlatformConfig.export_format
     annotation = export_format.split(":", 1)[0].strip().lower()
     _check(":" in export_format and annotation in ANNOTATION_FORMATS, "export_format", export_format,
            "ark:raw, det-ark:raw, voc:raw or det-voc:raw")

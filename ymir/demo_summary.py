@@ -19,7 +19,7 @@ from ymir.training_report import DISPLAY_SCORE
 
 MATCH_IOU = 0.5
 PICTURE_CANDIDATES = 8
-PICTURE_SCALE = 2  # the demo's 128 px images drawn at 256 px, so that the labels can be read
+PICTURE_SIDE = 256  # each candidate drawn this large (the demo's images are small), so that the labels can be read
 Box = Tuple[str, float, float, float, float]  # class name, x1, y1, x2, y2
 
 
@@ -58,12 +58,13 @@ def first_candidates_picture(mine_dir: Path, ranked: Sequence[str], truth: Dict[
     pictures = []
     for path in ranked[:PICTURE_CANDIDATES]:
         img = read_image(mine_dir / "in" / path[len("/in/"):])
-        img = cv2.resize(img, None, fx=PICTURE_SCALE, fy=PICTURE_SCALE, interpolation=cv2.INTER_NEAREST)
+        scale = PICTURE_SIDE / max(img.shape[:2])
+        img = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
         chw = torch.from_numpy(np.ascontiguousarray(img[..., ::-1].transpose(2, 0, 1)))
-        drawn = np.array([t[1:] for t in truth.get(path, [])], dtype=np.float64).reshape(-1, 4) * PICTURE_SCALE
+        drawn = np.array([t[1:] for t in truth.get(path, [])], dtype=np.float64).reshape(-1, 4) * scale
         pictures.append(draw_boxes(chw, drawn, np.array([index[t[0]] for t in truth.get(path, [])]), names))
         shown = predicted.get(Path(path).name, [])
-        boxes = np.array([b[1:] for b, _ in shown], dtype=np.float64).reshape(-1, 4) * PICTURE_SCALE
+        boxes = np.array([b[1:] for b, _ in shown], dtype=np.float64).reshape(-1, 4) * scale
         pictures.append(draw_boxes(chw, boxes, np.array([index[b[0]] for b, _ in shown]), names,
                                    np.array([s for _, s in shown])))
     return mosaic_of(pictures, columns=4)
