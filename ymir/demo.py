@@ -25,7 +25,7 @@ CLASS_NAMES = ("box", "disc", "triangle")
 # shapes within about two minutes of an idle 2-core CPU.
 DEMO_SIZE = 64
 DEMO_TRAIN_IMAGES = 384
-DEMO_TRAINING = {"epochs": 32, "img_size": DEMO_SIZE, "batch_size_per_gpu": 64, "num_workers_per_gpu": 1,
+DEMO_TRAINING = {"epochs": 48, "img_size": DEMO_SIZE, "batch_size_per_gpu": 64, "num_workers_per_gpu": 1,
                  "model": "yolov5n", "args_options": "--hyp warmup_epochs=0 mosaic=0 lr0=0.02"}
 
 
