@@ -81,7 +81,7 @@ class Scale:
     memory_batches: Tuple[int, ...] = (8, 16)
     workers: int = 8
     task_timeout: int = 300
-    cost_algorithms: Tuple[str, ...] = ("random", "entropy", "aldd", "cald")
+    cost_algorithms: Tuple[str, ...] = ("random", "entropy", "aldd", "cald", "diverse")
 
 
 GPU = Scale("cuda")

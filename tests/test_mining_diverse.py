@@ -91,3 +91,17 @@ def test_a_boxs_feature_is_read_at_the_cell_that_predicted_it():
 def test_a_checkpoints_class_ap_is_used_only_when_it_is_one_number_or_none_per_class(value):
     assert recorded_class_ap(value, 3) is None
     assert recorded_class_ap([0.5, None, 1], 3) == [0.5, None, 1.0]
+    assert recorded_class_ap([np.float32(0.25), None, np.float64(1)], 3) == [0.25, None, 1.0]
+
+
+def test_tied_scores_cannot_rank_only_where_nothing_else_can_order_them():
+    from ymir.mining.entropy import undetected_score
+    from ymir.tasks.predict import cannot_rank_reason
+
+    tied, none = np.array([0.3, 0.3, 0.3]), np.zeros(3, bool)
+    assert "equally unsure" in cannot_rank_reason("entropy", tied, none)
+    assert cannot_rank_reason("entropy", np.array([0.1, np.nan, 0.3]), none) is None  # not a tie
+    seen = [Evidence(evidence(0, 1.0, 0.0, unit(k))[None]) for k in range(3)]  # boxes the walk can still order
+    assert cannot_rank_reason("diverse", tied, none, seen) is None
+    assert cannot_rank_reason("diverse", tied, np.ones(3, bool), [Evidence(np.zeros((0, FEATURE + FEATURE_DIM)))] * 3)
+    assert undetected_score(float("nan")) == -0.5 and np.isfinite(undetected_score(float("inf")))

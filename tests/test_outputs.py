@@ -28,6 +28,20 @@ def test_monitor_running_lines_are_monotonic_with_fresh_timestamps(tmp_path):
     assert [float(s) for s in stamps] == sorted(float(s) for s in stamps)
 
 
+def test_a_note_is_one_field_kept_in_later_lines_and_read_back(tmp_path):
+    from ymir.monitor import read_monitor_line
+
+    path = tmp_path / "monitor.txt"
+    monitor = Monitor(path, "t1", min_interval=0)
+    monitor.note(" \t ")  # nothing to say: the line keeps its four fields
+    assert path.read_text().rstrip("\n").split("\t")[3:] == ["2"]
+    monitor.note("mining cannot rank:\n all tied")
+    monitor.progress(0.7)
+    assert path.read_text().rstrip("\n").split("\t")[2:] == ["0.7000", "2", "0", "mining cannot rank: all tied"]
+    assert read_monitor_line(path).message == "mining cannot rank: all tied"
+    assert read_monitor_line(tmp_path / "missing.txt") is None
+
+
 def test_monitor_writes_are_throttled_unless_forced(tmp_path):
     path = tmp_path / "monitor.txt"
     monitor = Monitor(path, "t1", min_interval=60)

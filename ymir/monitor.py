@@ -79,7 +79,7 @@ class Monitor:
         if not self.enabled or (not force and now - self._last_write < self.min_interval):
             return
         self._last_write = now
-        note = f"\t0\t{one_line(self.message)}" if self.message else ""
+        note = f"\t0\t{one_line(self.message)}" if one_line(self.message) else ""
         self._write(f"{self.task_id}\t{self._stamp()}\t{self.percent:.4f}\t{STATE_RUNNING}{note}\n")
 
     def note(self, message: str) -> None:

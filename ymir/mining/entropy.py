@@ -44,7 +44,10 @@ def box_uncertainty(scores: np.ndarray, class_probs: np.ndarray) -> np.ndarray:
 
 
 def undetected_score(best_score: float) -> float:
-    """Score of an image without a box above ENTROPY_MIN_SCORE, from its most confident raw prediction."""
+    """Score of an image without a box above ENTROPY_MIN_SCORE, from its most confident raw prediction (a
+    non-finite one, from a broken model, counts as no evidence at all)."""
+    if not np.isfinite(best_score):
+        best_score = 0.0
     return (min(max(best_score, 0.0), ENTROPY_MIN_SCORE) / ENTROPY_MIN_SCORE - 1) / 2
 
 

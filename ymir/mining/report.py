@@ -59,13 +59,14 @@ class RankingRule:
 
 
 def thumbnail_looks(images_uint8: torch.Tensor) -> np.ndarray:
-    """(B, 192) unit vectors: each letterboxed image averaged to 8 x 8 x 3, centred on its own mean. Two images
-    whose looks have a cosine similarity above DUPLICATE_SIMILARITY are near-copies (a re-encoded or slightly
-    shifted frame); a uniform image gives the zero vector, a copy of nothing."""
+    """(B, 192) unit vectors in float16 (every image's look travels to rank 0): each letterboxed image averaged to
+    8 x 8 x 3, centred on its own mean. Two images whose looks have a cosine similarity above DUPLICATE_SIMILARITY
+    are near-copies (a re-encoded or slightly shifted frame); a uniform image gives the zero vector, a copy of
+    nothing."""
     small = F.adaptive_avg_pool2d(images_uint8.float(), THUMBNAIL_SIDE).flatten(1)
     small = small - small.mean(1, keepdim=True)
     norms = small.norm(dim=1, keepdim=True)
-    return (small / norms.clamp(min=1e-6)).where(norms > 1e-3, torch.zeros_like(small)).numpy()
+    return (small / norms.clamp(min=1e-6)).where(norms > 1e-3, torch.zeros_like(small)).half().numpy()
 
 
 def duplicate_groups(looks: np.ndarray, similarity: float = DUPLICATE_SIMILARITY) -> List[List[int]]:
@@ -97,17 +98,17 @@ def prefix_summary(images: Sequence[RankedImage], class_names: Sequence[str]) ->
     readable = [im for im in images if im.readable]
     summary: dict = {"images": len(images), "unreadable": len(images) - len(readable)}
     if readable and readable[0].boxes is not None:
-        counts = [len(_shown(im.boxes)) for im in readable]
-        classes = np.concatenate([_shown(im.boxes)[:, 5] for im in readable]).astype(int)
-        per_class = np.bincount(classes, minlength=len(class_names))
-        with_class = [sum(1 for im in readable if (_shown(im.boxes)[:, 5] == c).any()) for c in range(len(class_names))]
+        shown = [_shown(im.boxes)[:, 5].astype(int) for im in readable]
+        counts = [len(classes) for classes in shown]
+        per_class = np.bincount(np.concatenate(shown), minlength=len(class_names))
+        with_class = np.bincount(np.concatenate([np.unique(classes) for classes in shown]), minlength=len(class_names))
         summary.update(
             predicted_empty_share=round(sum(1 for c in counts if c == 0) / len(readable), 4),
             boxes_per_image=round(float(np.mean(counts)), 3),
             boxes_per_class={name: int(per_class[c]) for c, name in enumerate(class_names)},
-            images_per_class={name: with_class[c] for c, name in enumerate(class_names)})
+            images_per_class={name: int(with_class[c]) for c, name in enumerate(class_names)})
     if readable and readable[0].look is not None and len(readable) <= MAX_DUPLICATE_POOL:
-        groups = duplicate_groups(np.stack([im.look for im in readable]))
+        groups = duplicate_groups(np.stack([im.look for im in readable]).astype(np.float32))
         summary.update(near_duplicate_groups=len(groups),
                        images_in_near_duplicate_groups=sum(len(g) for g in groups))
     return summary
@@ -135,7 +136,7 @@ def build_report(images: Sequence[RankedImage], class_names: Sequence[str], rule
 
 def write_report(json_file: Path, picture_file: Path, images: Sequence[RankedImage], class_names: Sequence[str],
                  rule: RankingRule) -> None:
-    """Both files; a failure here costs the report, never the task (result.tsv is already written)."""
+    """Both files; any failure here costs the report, never the task (the task's results are already written)."""
     try:
         report = build_report(images, class_names, rule)
         write_text_atomic(json_file, json.dumps(report, indent=1) + "\n")
@@ -144,7 +145,7 @@ def write_report(json_file: Path, picture_file: Path, images: Sequence[RankedIma
         if ok:
             write_bytes_atomic(picture_file, encoded.tobytes())
         LOG.info("mining report written: %s, %s", json_file, picture_file)
-    except (OSError, ValueError, cv2.error) as exc:
+    except Exception as exc:  # an optional picture and summary: nothing in them may fail the task
         LOG.warning("the mining report could not be written (%s: %s); result.tsv is complete",
                     type(exc).__name__, exc)
 

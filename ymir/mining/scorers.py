@@ -138,6 +138,10 @@ class DiverseScorer(Scorer):
                                             return_indices=True)
         evidence, scores = [], []
         for b, (det, rows) in enumerate(zip(dets, indices)):
+            if metas[b].error is not None:  # a blank stand-in for an unreadable file: its score is set later
+                evidence.append(None)
+                scores.append(0.0)
+                continue
             features = box_features(out.features, b, rows.cpu(), self.anchors)
             near_miss = 0.0 if len(det) else best_raw_score(out.decoded[b])
             evidence.append(image_evidence(det[:, 4].numpy(), out.decoded[b, rows, 5:].numpy(), features, near_miss))

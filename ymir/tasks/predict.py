@@ -162,18 +162,24 @@ def _write_results(ctx: TaskContext, candidates, results: List[ImageResult], cla
     if unreadable:
         LOG.warning("%d candidate image(s) could not be read; they get the lowest score and no prediction:\n%s",
                     len(unreadable), "\n".join(f"  {path}: {reason}" for path, reason in unreadable[:50]))
-    if config.mining:
-        _write_ranking(ctx, candidates, results, class_names, ckpt)
+    report = _write_ranking(ctx, candidates, results, class_names, ckpt) if config.mining else None
     if config.infer:
         predictions: Dict[str, Tuple[List[Detection], Tuple[int, int]]] = {
             candidates[r.index][0]: (r.detections, r.size) for r in results}
         written = write_infer_result(env.output.infer_result_file, predictions, class_names, env.protocol_version)
         LOG.info("inference result written: %s (%d boxes)", env.output.infer_result_file, written)
+    if report is not None:  # last: what the platform reads is written whatever becomes of the report
+        write_report(env.output.mining_report_file, env.output.mining_report_picture, *report)
 
 
-def cannot_rank_reason(algorithm: str, scores: np.ndarray, undetected: np.ndarray) -> Optional[str]:
-    """Why the readable candidates' scores say nothing (all equal, for an algorithm that needs the model), or None."""
-    if not ALGORITHMS[algorithm].needs_model or len(scores) < 2 or np.ptp(scores) > 0:
+def cannot_rank_reason(algorithm: str, scores: np.ndarray, undetected: np.ndarray,
+                       evidence: Sequence[Optional[Evidence]] = ()) -> Optional[str]:
+    """Why the readable candidates' scores say nothing (all equal, for an algorithm that needs the model), or None.
+    An algorithm that orders by more than its scores (diverse's walk over the boxes it saw) can still rank tied
+    scores while it saw boxes."""
+    if not ALGORITHMS[algorithm].needs_model or len(scores) < 2 or not np.all(scores == scores[0]):
+        return None
+    if any(e is not None and len(e.rows) for e in evidence):
         return None
     if undetected.all():
         return f"all {len(scores)} readable images scored {scores[0]:.6g}: the model detects nothing in the whole pool"
@@ -181,15 +187,16 @@ def cannot_rank_reason(algorithm: str, scores: np.ndarray, undetected: np.ndarra
 
 
 def _write_ranking(ctx: TaskContext, candidates, results: List[ImageResult], class_names: List[str],
-                   ckpt: Checkpoint) -> None:
-    """result.tsv, highest score first, and its report. Where the scores cannot rank, the readable candidates are
-    listed in a seeded random order (as random mining would list them), and the log, the report and monitor.txt's
-    message say so."""
+                   ckpt: Checkpoint) -> tuple:
+    """result.tsv, highest score first; returns what its report is made of. Where the scores cannot rank, the
+    readable candidates are listed in a seeded random order (as random mining would list them), and the log, the
+    report and monitor.txt's message say so."""
     env, mining = ctx.env, ctx.config.mining
     scores = np.array([r.score for r in results])
     readable = np.array([r.error is None for r in results])
     undetected = np.array([not r.detections for r in results])
-    reason = cannot_rank_reason(mining.mining_algorithm, scores[readable], undetected[readable])
+    evidence = [r.evidence for r, ok in zip(results, readable) if ok]
+    reason = cannot_rank_reason(mining.mining_algorithm, scores[readable], undetected[readable], evidence)
     if reason:  # the scores stay tied: the sort in write_mining_result keeps the drawn order
         LOG.warning("mining cannot rank these candidates: %s; they are listed in a random order drawn from seed %d, "
                     "as random mining would list them", reason, mining.seed)
@@ -198,16 +205,15 @@ def _write_ranking(ctx: TaskContext, candidates, results: List[ImageResult], cla
         order = np.concatenate([drawn, np.flatnonzero(~readable)])
     else:
         scores[readable] = rank_scores(mining, GatheredScores(
-            scores[readable], undetected[readable], [r.evidence for r, ok in zip(results, readable) if ok],
-            ckpt.nc, recorded_class_ap(ckpt.meta.get("class_ap50"), ckpt.nc)))
+            scores[readable], undetected[readable], evidence, ckpt.nc,
+            recorded_class_ap(ckpt.meta.get("class_ap50"), ckpt.nc)))
         order = np.argsort(-scores, kind="stable")
     write_mining_result(env.output.mining_result_file,
                         [(candidates[results[i].index][0], float(scores[i])) for i in order])
     LOG.info("mining result written: %s", env.output.mining_result_file)
     ranked = [RankedImage(candidates[results[i].index][1], float(scores[i]), bool(readable[i]),
                           _boxes_array(results[i].detections), results[i].look) for i in order]
-    write_report(env.output.mining_report_file, env.output.mining_report_picture, ranked, class_names,
-                 RankingRule(mining.mining_algorithm, reason, mining.seed))
+    return ranked, class_names, RankingRule(mining.mining_algorithm, reason, mining.seed)
 
 
 def _boxes_array(detections: Sequence[Detection]) -> np.ndarray:
