@@ -59,7 +59,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 from mining_eval import breakdown, image_errors, selection_stats, spearman
-from mining_pool import CLASSES, FREQUENCIES, SIZE, draw
+from mining_pool import CLASSES, FREQUENCIES, SIZE, draw, with_near_duplicates
 from mining_report import METHODS, NAMES, VARIANTS, summarise
 
 from ymir.task_folder import ark_text, env_yaml, write_asset
@@ -158,9 +158,12 @@ def seed_data(seed: int, args):
     test split and of the initial set holds it (YMIR's 1 positive : 3 negatives), the pool holds it at its natural
     rate."""
     rng = np.random.default_rng(100 + seed)
-    pool = [draw(rng, args.shift) for _ in range(args.pool)]
+    copies = round(args.duplicates * args.pool)
+    pool = [draw(rng, args.shift) for _ in range(args.pool - copies)]
     if args.target is None:
         test = [draw(rng, args.shift) for _ in range(args.test)]
+        if copies:  # their own generator: the drawn images and the test split are those of a pool without copies
+            pool = with_near_duplicates(np.random.default_rng(200 + seed), pool, copies)
         unshifted = np.array([i for i, item in enumerate(pool) if not item.shifted])
         return pool, test, set(rng.choice(unshifted, args.initial, replace=False).tolist())
     target = CLASSES.index(args.target)
@@ -259,7 +262,8 @@ def run_seed(seed: int, args, tmp: Path, source) -> dict:
             _, scores, _, _ = mine(tmp / f"s{seed}-{method}-m{r}", model, [pool[i] for i in unlabelled], method,
                                    classes=classes)
             picked = [unlabelled[i] for i in np.argsort(-scores, kind="stable")[:args.budget]]
-            selected.append(selection_stats([pool[i] for i in picked], len(classes) - 1))
+            selected.append(selection_stats([pool[i] for i in picked], len(classes) - 1,
+                                            labelled=[pool[i] for i in labelled]))
             labelled |= set(picked)
             model, m = train(tmp / f"s{seed}-{method}-r{r}", [pool[i] for i in sorted(labelled)], test,
                              args.epochs, start_from=model, options=args.finetune_options, classes=classes)
@@ -291,6 +295,8 @@ def protocol(args) -> dict:
         keys += ["source_frequencies"]
     if args.target:
         keys += ["target", "round0_options"]
+    if args.duplicates:
+        keys += ["duplicates"]
     return {k: getattr(args, k) for k in keys}
 
 
@@ -307,6 +313,9 @@ def main():
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--shift", type=float, default=0.0,
                         help="share of pool and test images on a second background, none in the initial set")
+    parser.add_argument("--duplicates", type=float, default=0.0,
+                        help="share of the pool that is near-duplicates of its other images (the same scene "
+                             "re-encoded, shifted a few pixels, recoloured slightly)")
     parser.add_argument("--source", type=int, default=0,
                         help="round 0 fine-tunes a model trained on this many unshifted source images (0: from "
                              "scratch)")
@@ -340,6 +349,8 @@ def main():
     args = parser.parse_args()
     if len(args.source_frequencies) != len(CLASSES) or abs(sum(args.source_frequencies) - 1) > 1e-6:
         parser.error(f"--source-frequencies needs {len(CLASSES)} shares summing to 1")
+    if args.duplicates and (args.target or not 0 < args.duplicates < 1):
+        parser.error("--duplicates takes a share in (0, 1), and not with --target")
     if not set(args.methods) <= set(NAMES):
         parser.error(f"--methods: unknown {sorted(set(args.methods) - set(NAMES))}; known: {', '.join(NAMES)}")
     if args.calibrate:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from mining_pool import CLASSES, SIZE
+from mining_pool import CLASSES, SIZE, repeated_scenes
 
 
 def image_errors(paths, detections, pool, classes=CLASSES) -> np.ndarray:
@@ -87,10 +87,13 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def selection_stats(items, rare: int = len(CLASSES) - 1) -> dict:
+def selection_stats(items, rare: int = len(CLASSES) - 1, labelled=()) -> dict:
     """What a set of pool images holds: how many, how many empty / hard / shifted / with the rare class (with
-    --target: the target class), how many boxes."""
+    --target: the target class), how many boxes; in a pool with near-duplicates, how many show a scene that an
+    earlier one of them shows (`repeats`) and how many a scene already `labelled` (`known`)."""
+    known = {item.scene for item in labelled if item.scene >= 0}
     return {"images": len(items), "empty": sum(item.kind == "empty" for item in items),
             "hard": sum(item.kind == "hard" for item in items), "shifted": sum(item.shifted for item in items),
             "rare": sum(any(b[0] == rare for b in item.boxes) for item in items),
-            "boxes": sum(len(item.boxes) for item in items)}
+            "boxes": sum(len(item.boxes) for item in items), "repeats": repeated_scenes(items),
+            "known": sum(item.scene in known for item in items)}

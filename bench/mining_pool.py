@@ -1,5 +1,7 @@
 """The mining benchmark's generated images: shapes of 4 classes on a plain background or, for a share of them,
-on a second one (the domain shift); empty, hard (small, low-contrast objects) and normal images."""
+on a second one (the domain shift); empty, hard (small, low-contrast objects) and normal images; and near-duplicates
+of drawn images (the same scene re-encoded, shifted a few pixels, recoloured slightly), as video frames and
+re-uploads fill real pools."""
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -17,6 +19,7 @@ class Item(NamedTuple):
     boxes: list  # (class, x1, y1, x2, y2), corners inclusive
     kind: str  # empty, hard or normal
     shifted: bool  # drawn on the second background (the domain the initial set and the source set lack)
+    scene: int = -1  # in a pool with near-duplicates: the index of the drawn image it shows (its own, if drawn)
 
 
 def background(rng: np.random.Generator, shifted: bool) -> np.ndarray:
@@ -62,3 +65,37 @@ def draw(rng: np.random.Generator, shift: float = 0.0, frequencies=FREQUENCIES) 
         boxes.append((cls, x1, y1, x2, y2))
     ok, jpeg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 92])
     return Item(jpeg.tobytes(), boxes, str(kind), shifted)
+
+
+def near_duplicate(rng: np.random.Generator, item: Item, scene: int) -> Item:
+    """The same scene again: shifted by up to 4 px (the edge repeated), each channel's gain and offset changed by up
+    to 6 % and 8 levels, saved at another JPEG quality (70-95); its boxes moved with it."""
+    img = cv2.imdecode(np.frombuffer(item.jpeg, np.uint8), cv2.IMREAD_COLOR)
+    dx, dy = (int(v) for v in rng.integers(-4, 5, size=2))
+    moved = cv2.warpAffine(img, np.float32([[1, 0, dx], [0, 1, dy]]), (SIZE, SIZE), borderMode=cv2.BORDER_REPLICATE)
+    gain, offset = rng.uniform(0.94, 1.06, size=3), rng.uniform(-8, 8, size=3)
+    recoloured = np.clip(moved.astype(np.float32) * gain + offset, 0, 255).astype(np.uint8)
+    quality = int(rng.integers(70, 96))
+    ok, jpeg = cv2.imencode(".jpg", recoloured, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    boxes = [(c, min(max(x1 + dx, 0), SIZE - 1), min(max(y1 + dy, 0), SIZE - 1), min(max(x2 + dx, 0), SIZE - 1),
+              min(max(y2 + dy, 0), SIZE - 1)) for c, x1, y1, x2, y2 in item.boxes]
+    return item._replace(jpeg=jpeg.tobytes(), boxes=boxes, scene=scene)
+
+
+def with_near_duplicates(rng: np.random.Generator, drawn: list, count: int) -> list:
+    """`drawn` and `count` near-duplicates of its images (each of a drawn image chosen at random, with repeats, so
+    that some scenes come several times), shuffled together; every item knows its scene."""
+    scenes = [item._replace(scene=i) for i, item in enumerate(drawn)]
+    copies = [near_duplicate(rng, scenes[s], s) for s in rng.integers(0, len(drawn), size=count)]
+    items = scenes + copies
+    return [items[i] for i in rng.permutation(len(items))]
+
+
+def repeated_scenes(items) -> int:
+    """How many of `items` show a scene that an earlier one of them already shows (0 without near-duplicates)."""
+    seen, repeats = set(), 0
+    for item in items:
+        if item.scene >= 0:
+            repeats += item.scene in seen
+            seen.add(item.scene)
+    return repeats

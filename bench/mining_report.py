@@ -62,6 +62,7 @@ def summarise(records: list) -> None:
           f"epochs, {proto['epochs']} epochs per round at {proto['finetune_options']!r}; "
           f"shifted share {proto.get('shift', 0)}; source model {source}; "
           + (f"single-class detector of {proto['target']} (the rare-class protocol); " if proto.get("target") else "")
+          + (f"near-duplicates {proto['duplicates']:.0%} of the pool; " if proto.get("duplicates") else "")
           + f"{sum(r['seconds'] for r in records)} s\n")
     for r in records:
         print(f"seed {r['seed']}: round 0 {r['map0']:.4f}; " + "; ".join(
@@ -102,16 +103,19 @@ def summarise(records: list) -> None:
             print(f"| {name} | {' | '.join(f'{v:.4f}' for v in cells)} |")
     print("\nWhat each method selected, all rounds and seeds (share of the selected images; the unlabelled pool "
           "before round 1 for comparison):\n")
-    print("| method | empty | hard | shifted | with the rare class | boxes per image |")
-    print("|---|---|---|---|---|---|")
+    copies = bool(proto.get("duplicates"))  # a pool with near-duplicates: how many picks repeat a scene
+    print("| method | empty | hard | shifted | with the rare class | boxes per image |"
+          + (" scene repeated among the picks | scene already labelled |" if copies else ""))
+    print("|---|---|---|---|---|---|" + ("---|---|" if copies else ""))
     rows = [("unlabelled pool", [r["unlabelled"] for r in records])]
     rows += [(m, [s for r in records for s in r["methods"][m]["selected"]]) for m in learned]
     for name, stats in rows:
-        total = {k: sum(s.get(k, 0) for s in stats) for k in ("images", "empty", "hard", "shifted", "rare", "boxes")}
+        total = {k: sum(s.get(k, 0) for s in stats)
+                 for k in ("images", "empty", "hard", "shifted", "rare", "boxes", "repeats", "known")}
         n = total["images"]
         print(f"| {name} | {total['empty'] / n:.0%} | {total['hard'] / n:.0%} | {total['shifted'] / n:.0%} | "
-              f"{total['rare'] / n:.0%} | "
-              f"{total['boxes'] / n:.2f} |")
+              f"{total['rare'] / n:.0%} | {total['boxes'] / n:.2f} |"
+              + (f" {total['repeats'] / n:.0%} | {total['known'] / n:.0%} |" if copies else ""))
     speed = next((r["speed"] for r in records if r["speed"]), None)
     if not speed:
         return
