@@ -19,7 +19,8 @@ from mining_eval import spearman
 from mining_pool import draw
 
 from utils.checkpoint import build_model, read_checkpoint
-from utils.inference import LetterboxedImages, collate, make_detector
+from utils.data.letterboxed import LetterboxedImages, collate
+from utils.inference import make_detector
 from ymir.mining.aldd import LEVEL_POWER, aldd_scores_input, aldd_scores_native, class_weights
 
 REPO = Path(__file__).resolve().parent.parent

@@ -20,7 +20,7 @@ import torch
 
 from models.yolo import DetectionModel
 from utils.data.letterbox import letterbox
-from ymir.demo import draw_image
+from ymir.local.demo import draw_image
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -41,15 +41,16 @@ import yaml
 
 from models.yolo import MODEL_NAMES, DetectionModel
 from utils.checkpoint import build_model, read_checkpoint
+from utils.data.letterboxed import LetterboxedImages, collate
+from utils.data.sample import Sample
 from utils.data.train_data import TrainImages, collate_train
 from utils.hyperparameters import SCRATCH_LOW
-from utils.inference import Detector, LetterboxedImages, collate
+from utils.inference import Detector
 from utils.loss import YoloLoss
 from utils.nms import non_max_suppression
 from utils.optim import build_optimizer
 from utils.trainer import grad_scaler
-from ymir.dataset import Sample
-from ymir.demo import draw_image, make_workdir
+from ymir.local.demo import draw_image, make_workdir
 
 REPO = Path(__file__).resolve().parent.parent
 

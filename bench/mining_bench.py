@@ -62,7 +62,7 @@ from mining_eval import breakdown, image_errors, selection_stats, spearman
 from mining_pool import CLASSES, FREQUENCIES, SIZE, draw, with_near_duplicates
 from mining_report import METHODS, NAMES, VARIANTS, summarise
 
-from ymir.task_folder import ark_text, env_yaml, write_asset
+from ymir.local.task_folder import ark_text, env_yaml, write_asset
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -24,8 +24,8 @@ import numpy as np
 import yaml
 
 from utils.hyperparameters import SCRATCH_LOW
-from ymir.demo import CLASS_NAMES, draw_image
-from ymir.task_folder import ark_text, env_yaml, write_asset
+from ymir.local.demo import CLASS_NAMES, draw_image
+from ymir.local.task_folder import ark_text, env_yaml, write_asset
 
 REPO = Path(__file__).resolve().parent.parent
 HYP_CHANGES = {"mosaic": 0.0, "lr0": 0.02}

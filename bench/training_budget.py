@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ymir.demo import DEMO_TRAINING, TRUTH_FILE, make_workdir
-from ymir.demo_summary import matched, predictions
-from ymir.task_folder import parse_settings
+from ymir.local.demo import DEMO_TRAINING, TRUTH_FILE, make_workdir
+from ymir.local.demo_summary import matched, predictions
+from ymir.local.task_folder import parse_settings
 
 REPO = Path(__file__).resolve().parent.parent
 

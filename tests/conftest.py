@@ -2,7 +2,7 @@ import logging
 
 import pytest
 
-from ymir.demo import make_workdir
+from ymir.local.demo import make_workdir
 
 # Modules whose every test runs whole tasks (start.py), trainings, containers or the platform's own code.
 SLOW_MODULES = {"test_start", "test_train_task", "test_predict_task", "test_distributed", "test_image",

@@ -133,6 +133,20 @@ def load_trusted(path) -> object:
     return torch.load(str(path), map_location="cpu", **extra)
 
 
+def load_plain(path) -> object:
+    """A file of plain types and tensors (test data the oracle wrote): torch's weights-only loader where torch has
+    one (>= 1.13), else the executor's restricted unpickler, which refuses the same globals."""
+    import inspect
+
+    import torch
+
+    from utils import restricted_pickle
+
+    if "weights_only" in inspect.signature(torch.load).parameters:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    return torch.load(str(path), map_location="cpu", pickle_module=restricted_pickle)
+
+
 class WritesAFile:
     """A pickle payload: unpickling it would create `path`, proof that code from the file ran."""
 
@@ -159,7 +173,7 @@ def make_media(media: Path, count: int, seed: int = 0) -> list:
     boxes as (class, x, y, w, h), a third of them in the val split."""
     import numpy as np
 
-    from ymir.demo import draw_image
+    from ymir.local.demo import draw_image
 
     rng = np.random.default_rng(seed)
     assets = []

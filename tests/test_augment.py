@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 
 from utils.data.augment import flip_horizontal, flip_vertical, mosaic, random_perspective
+from utils.data.sample import Sample
 from utils.data.train_data import TrainImages, ValImages, normalised_xywh
 from utils.hyperparameters import SCRATCH_LOW
-from ymir.dataset import Sample
 
 COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]
 

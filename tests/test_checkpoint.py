@@ -7,11 +7,10 @@ import pytest
 import torch
 
 from models.yolo import DetectionModel
-from tests.helpers import HANG_LIMIT, REPO, WritesAFile, load_trusted, oracle
+from tests.helpers import HANG_LIMIT, REPO, WritesAFile, load_plain, load_trusted, oracle
 from utils.checkpoint import (
     CheckpointError,
     build_model,
-    load_plain,
     read_checkpoint,
     save_checkpoint,
     transfer_weights,
@@ -26,7 +25,9 @@ try:
     raise SystemExit("the original YOLOv5 is importable here; this check needs a process without it")
 except ImportError:
     pass
-from utils.checkpoint import build_model, load_plain, read_checkpoint
+sys.path.insert(0, {repo!r})
+from tests.helpers import load_plain
+from utils.checkpoint import build_model, read_checkpoint
 ckpt = read_checkpoint({ckpt!r})
 assert ckpt.source == "yolov5" and ckpt.names == ["class0", "class1", "class2"], (ckpt.source, ckpt.names)
 model = build_model(ckpt)

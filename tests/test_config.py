@@ -1,8 +1,12 @@
 """Config: template defaults overlaid by config.yaml, YMIR's loose types, clear errors naming the key."""
+import dataclasses
+
 import pytest
 import yaml
 
 from models.yolo import MODEL_NAMES
+from utils.hyperparameters import SCRATCH_LOW
+from utils.train_settings import TrainSettings, flags
 from ymir.config import (
     InferConfig,
     MiningConfig,
@@ -13,9 +17,9 @@ from ymir.config import (
     load_template,
     section_keys,
 )
-from ymir.demo import make_workdir
 from ymir.env import load_env
 from ymir.errors import CONFIG_ERROR, ConfigError
+from ymir.local.demo import make_workdir
 from ymir.paths import PathMapper
 
 
@@ -116,7 +120,7 @@ def test_every_template_key_is_understood():
     assert set(load_template("training")) - platform_only == section_keys(TrainingConfig)
     assert set(load_template("mining")) - platform_only == section_keys(MiningConfig)
     assert set(load_template("infer")) - platform_only == section_keys(InferConfig)
-    assert "options" not in section_keys(TrainingConfig)  # derived from args_options, not a key of config.yaml
+    assert "settings" not in section_keys(TrainingConfig)  # derived from the keys, not a key of config.yaml
     assert load_template("training")["model"] in MODEL_NAMES
 
 
@@ -192,17 +196,71 @@ def test_activate_and_activation_that_differ_are_a_config_error(tmp_path):
 
 
 def test_saved_file_patterns_never_drop_a_stage_s_weights(tmp_path):
+    from utils.train_settings import TrainSettings
     from ymir.tasks.train import StageSaver
-    from ymir.train_options import TrainOptions
 
     for patterns, expected in (("(a+)+$", ["best.pt"]), ("onnx$", ["best.pt", "best.onnx"]),
                                ("", ["best.pt", "best.onnx"])):
         saver = StageSaver(tmp_path, TrainingConfig(model="yolov5n", ymir_saved_file_patterns=patterns).validate(),
-                           ["a"], 64, TrainOptions(), [1])
+                           ["a"], TrainSettings(model="yolov5n", img_size=64), [1])
         assert saver._keep(["best.pt", "best.onnx"]) == expected, patterns
 
 
-def test_args_options_are_parsed_once_into_the_training_config():
-    cfg = build_section(TrainingConfig, {"model": "yolov5n", "args_options": "--cos-lr --hyp lr0=0.02 --freeze 3"})
-    assert cfg.options.cos_lr and cfg.options.freeze == 3 and cfg.options.hyp["lr0"] == 0.02
-    assert cfg.options.hyp["label_smoothing"] == 0.0  # the one place it lives
+def test_the_training_settings_are_made_once_from_the_keys_and_args_options():
+    cfg = build_section(TrainingConfig, {"model": "yolov5n", "epochs": 7, "batch_size_per_gpu": 4,
+                                         "args_options": "--cos-lr --hyp lr0=0.02 --freeze 3 --label-smoothing 0.1"})
+    s = cfg.settings
+    assert (s.model, s.epochs, s.batch_size, s.img_size, s.workers) == ("yolov5n", 7, 4, 640, 4)
+    assert s.cos_lr and s.freeze == 3 and s.hyp["lr0"] == 0.02 and s.hyp["lrf"] == SCRATCH_LOW["lrf"]
+    assert s.label_smoothing == 0.1 and s.training_hyp["label_smoothing"] == 0.1  # the loss reads it in hyp
+
+
+# A value other than the default for every flag TrainSettings declares: a new flag without a line here fails below.
+FLAG_EXAMPLES = {
+    "hyp": ("--hyp lr0=0.02 fliplr=0", lambda hyp: hyp["lr0"] == 0.02 and hyp["fliplr"] == 0.0, "hyp"),
+    "label_smoothing": ("--label-smoothing 0.1", 0.1, "label_smoothing"),
+    "optimizer": ("--optimizer AdamW", "AdamW", "optimizer"),
+    "cos_lr": ("--cos-lr", True, "cos_lr"),
+    "multi_scale": ("--multi-scale", True, "multi_scale"),
+    "single_cls": ("--single-cls", True, "single_cls"),
+    "rect": ("--rect", True, "rect"),
+    "cache": ("--cache", "ram", "cache"),
+    "freeze": ("--freeze 10", 10, "freeze"),
+    "patience": ("--patience 7", 7, "patience"),
+    "autoanchor": ("--noautoanchor", False, "noautoanchor"),
+    "seed": ("--seed 5", 5, "seed"),
+    "image_weights": ("--image-weights", True, "image_weights"),
+}
+
+
+def test_every_flag_reaches_its_setting_and_the_checkpoints_opt():
+    """One definition per flag (utils/train_settings.py): the parser, the error's list of accepted flags, the
+    settings and the checkpoint's `opt` (under YOLOv5's names) all follow it."""
+    declared = dict(flags())
+    assert set(FLAG_EXAMPLES) == set(declared)
+    default = build_section(TrainingConfig, {"model": "yolov5n"}).settings
+    assert default == TrainSettings(model="yolov5n", workers=TrainingConfig.num_workers_per_gpu)
+    for name, (text, expected, opt_name) in FLAG_EXAMPLES.items():
+        settings = build_section(TrainingConfig, {"model": "yolov5n", "args_options": text}).settings
+        value = getattr(settings, name)
+        assert (expected(value) if callable(expected) else value == expected), name
+        changed = [f.name for f in dataclasses.fields(TrainSettings)
+                   if getattr(settings, f.name) != getattr(default, f.name)]
+        assert changed == [name], (name, changed)
+        opt, opt_default = settings.yolov5_opt(), default.yolov5_opt()
+        assert [k for k in opt if opt[k] != opt_default[k]] == [opt_name], name
+    with pytest.raises(ConfigError) as info:
+        build_section(TrainingConfig, {"model": "yolov5n", "args_options": "--no-such-flag"})
+    assert info.value.message.endswith("accepted: " + ", ".join(flag.usage for flag in declared.values())
+                                       + ", --exist-ok")
+
+
+def test_the_checkpoints_opt_uses_yolov5s_names():
+    opt = TrainSettings(model="yolov5n", epochs=3, img_size=320, freeze=2, autoanchor=False).yolov5_opt()
+    assert opt["cfg"] == "yolov5n.yaml" and opt["imgsz"] == 320 and opt["freeze"] == [2] and opt["noautoanchor"]
+    assert "device" not in opt and opt["hyp"]["lr0"] == SCRATCH_LOW["lr0"] and "label_smoothing" not in opt["hyp"]
+
+
+def test_label_smoothing_has_one_flag():
+    with pytest.raises(ConfigError, match="--label-smoothing"):
+        build_section(TrainingConfig, {"model": "yolov5n", "args_options": "--hyp label_smoothing=0.1"})

@@ -7,8 +7,8 @@ from utils.data.images import EXIF_ORIENTATION_TAG
 from ymir.annotations import parse_ark, parse_voc
 from ymir.dataset import read_candidates, read_split
 from ymir.errors import DATASET_ERROR, DatasetError
+from ymir.local.task_folder import voc_text
 from ymir.paths import PathMapper
-from ymir.task_folder import voc_text
 
 CLASSES = ("cat", "dog")
 

@@ -8,8 +8,8 @@ import torch
 
 from tests.helpers import run_start
 from tests.test_predict_task import eager_model, with_model
-from ymir.demo import DEMO_SIZE, TRUTH_FILE, make_workdir
-from ymir.demo_summary import matched, summary
+from ymir.local.demo import DEMO_SIZE, TRUTH_FILE, make_workdir
+from ymir.local.demo_summary import matched, summary
 from ymir.results import ModelStageWriter
 
 

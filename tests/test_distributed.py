@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from tests.helpers import EXIT_LIMIT, HANG_LIMIT, START, make_read_only, wait_until_gone
-from ymir.demo import make_workdir
+from ymir.local.demo import make_workdir
 from ymir.processes import descendants
 
 

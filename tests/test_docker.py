@@ -21,7 +21,7 @@ from tools.fetch_weights import UNPINNED, read_lock
 from tools.fetch_weights import main as fetch_main
 from utils.checkpoint import save_checkpoint
 from ymir.config import load_template
-from ymir.demo import CLASS_NAMES, make_workdir
+from ymir.local.demo import CLASS_NAMES, make_workdir
 
 # Dockerfile -> (default base image, torch build, Python of the base)
 IMAGES = {

@@ -17,10 +17,10 @@ from utils.boxes import letterbox_geometry
 from utils.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from utils.data.images import ImageReadError, probe_image
 from utils.data.letterbox import letterbox
-from ymir.demo import CLASS_NAMES, make_workdir
 from ymir.errors import CONFIG_ERROR, DATASET_ERROR, MODEL_ERROR
+from ymir.local.demo import CLASS_NAMES, make_workdir
+from ymir.local.task_folder import write_asset
 from ymir.mining import UNREADABLE_SCORE
-from ymir.task_folder import write_asset
 
 MEMORY_LIMIT_MB = 2048
 

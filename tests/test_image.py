@@ -32,7 +32,7 @@ from tests.helpers import (
 )
 from tests.image.engine import Engine
 from utils.checkpoint import save_checkpoint
-from ymir.demo import CLASS_NAMES
+from ymir.local.demo import CLASS_NAMES
 
 UID = "4321:4321"  # no such user in the image: YMIR may use any
 TASK_ID = "t0000001000001abcdef1663839849"

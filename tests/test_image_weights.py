@@ -7,8 +7,8 @@ import yaml
 
 from tests.helpers import run_start
 from utils.data.image_weights import ImageWeightedSampler, class_weights, epoch_class_weights, image_weights
-from ymir.demo import make_workdir
 from ymir.errors import ConfigError
+from ymir.local.demo import make_workdir
 from ymir.train_options import parse_args_options
 
 
@@ -48,8 +48,8 @@ def test_sampler_draws_by_weight_reproducibly_and_shards():
 
 
 def test_image_weights_option():
-    assert parse_args_options("--image-weights").image_weights
-    assert not parse_args_options("").image_weights
+    assert parse_args_options("--image-weights")["image_weights"]
+    assert not parse_args_options("")["image_weights"]
     with pytest.raises(ConfigError, match="--rect"):
         parse_args_options("--image-weights --rect")
 

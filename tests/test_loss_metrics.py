@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from models.yolo import DetectionModel
-from tests.helpers import oracle
-from utils.checkpoint import load_plain
+from tests.helpers import load_plain, oracle
 from utils.hyperparameters import SCRATCH_LOW
 from utils.loss import YoloLoss
 from utils.metrics import MetricAccumulator, ap_per_class, average_precision, match_predictions

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from utils.inference import BatchOutput, ImageMeta
+from utils.data.letterboxed import ImageMeta
+from utils.inference import BatchOutput
 from ymir.config import MiningConfig
 from ymir.mining import aldd
 from ymir.mining.aldd import aldd_scores, aldd_scores_native, class_weights

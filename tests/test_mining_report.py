@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ymir.demo import draw_image
+from ymir.local.demo import draw_image
 from ymir.mining import report as mining_report
 from ymir.mining.report import RankedImage, RankingRule, build_report, duplicate_groups, prefix_summary
 

@@ -10,9 +10,9 @@ from models.yolo import DetectionModel
 from tests.helpers import edit_yaml, load_trusted, oracle, run_start, ymir_cmd
 from tests.test_images import png_claiming
 from utils.checkpoint import save_checkpoint
-from ymir.demo import CLASS_NAMES, make_workdir
 from ymir.errors import MODEL_ERROR
-from ymir.task_folder import write_asset
+from ymir.local.demo import CLASS_NAMES, make_workdir
+from ymir.local.task_folder import write_asset
 
 CONFIG = {"conf_thres": 0.05, "img_size": 128, "batch_size_per_gpu": 3, "max_det": 30}
 

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from tests.helpers import HANG_LIMIT, edit_yaml, run_start, ymir_cmd
-from ymir.demo import make_workdir
 from ymir.errors import CONFIG_ERROR, DATASET_ERROR
+from ymir.local.demo import make_workdir
 
 
 def assert_failed(result, code, *needles):
@@ -238,7 +238,7 @@ def test_mining_where_no_candidate_can_be_read_is_a_dataset_error(tmp_path):
     weights.parent.mkdir(parents=True)
     from models.yolo import DetectionModel
     from utils.checkpoint import save_checkpoint
-    from ymir.demo import CLASS_NAMES
+    from ymir.local.demo import CLASS_NAMES
 
     save_checkpoint(weights, DetectionModel("yolov5n", nc=3), list(CLASS_NAMES))
     result = run_start(work)

@@ -1,4 +1,4 @@
-"""`python -m ymir.task_folder`: a user's YOLO or VOC dataset made into a task folder that reads back right."""
+"""`python -m ymir.local.task_folder`: a user's YOLO or VOC dataset made into a task folder that reads back right."""
 import hashlib
 import shutil
 from pathlib import Path
@@ -11,8 +11,8 @@ import yaml
 from models.yolo import DetectionModel
 from utils.checkpoint import save_checkpoint
 from ymir.dataset import read_split
+from ymir.local.task_folder import main, yolo_boxes
 from ymir.paths import PathMapper
-from ymir.task_folder import main, yolo_boxes
 
 
 def jpeg(path: Path, width: int = 200, height: int = 100) -> None:
@@ -151,7 +151,7 @@ def test_an_existing_folder_is_never_written_into(tmp_path, capsys):
 
 
 def test_the_demos_mining_task_hands_the_trained_stage_over(tmp_path):
-    from ymir.demo import make_workdir
+    from ymir.local.demo import make_workdir
 
     stage = tmp_path / "trained/best"
     stage.mkdir(parents=True)

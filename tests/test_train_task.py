@@ -14,8 +14,8 @@ import yaml
 from models.yolo import DetectionModel
 from tests.helpers import HANG_LIMIT, START, edit_yaml, load_trusted, make_read_only, oracle, run_start, ymir_cmd
 from utils.checkpoint import read_checkpoint, save_checkpoint
-from ymir.demo import CLASS_NAMES, make_workdir
 from ymir.errors import CONFIG_ERROR, MODEL_ERROR
+from ymir.local.demo import CLASS_NAMES, make_workdir
 from ymir.mining.diverse import recorded_class_ap
 
 FAST = {"epochs": 2, "img_size": 96, "batch_size_per_gpu": 8, "num_workers_per_gpu": 0}
@@ -174,9 +174,9 @@ def test_best_stage_lists_weights_at_once_and_onnx_of_the_same_model(tmp_path, m
 
     import ymir.tasks.train as train_task
     from utils.metrics import DetectionMetrics
+    from utils.train_settings import TrainSettings
     from utils.trainer import EpochReport
     from ymir.config import TrainingConfig
-    from ymir.train_options import TrainOptions
 
     def report(epoch, map50):
         return EpochReport(epoch, [0.0] * 3, [0.0] * 3, DetectionMetrics(0.5, 0.5, map50, map50 / 2, 1, 1, 1), True,
@@ -185,7 +185,8 @@ def test_best_stage_lists_weights_at_once_and_onnx_of_the_same_model(tmp_path, m
     def stage():
         return yaml.safe_load((tmp_path / "result.yaml").read_text())["model_stages"]["best"]
 
-    saver = train_task.StageSaver(tmp_path, TrainingConfig(model="yolov5n"), ["a", "b"], 64, TrainOptions(), [1, 1])
+    saver = train_task.StageSaver(tmp_path, TrainingConfig(model="yolov5n"), ["a", "b"],
+                                  TrainSettings(model="yolov5n", img_size=64), [1, 1])
     torch.manual_seed(0)
     first, second = DetectionModel("yolov5n", nc=2).eval(), DetectionModel("yolov5n", nc=2).eval()
 

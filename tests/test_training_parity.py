@@ -6,8 +6,9 @@ import utils.trainer as trainer
 from models.yolo import DetectionModel
 from tests.helpers import oracle
 from utils.hyperparameters import SCRATCH_LOW
+from utils.train_settings import TrainSettings
 from ymir.dataset import read_split
-from ymir.demo import CLASS_NAMES, make_workdir
+from ymir.local.demo import CLASS_NAMES, make_workdir
 from ymir.paths import PathMapper
 
 EPOCHS, BATCH, SIZE = 10, 4, 64  # 12 batches per epoch: 100 warm-up batches, then two epochs of schedule
@@ -43,7 +44,7 @@ def test_training_steps_equal_the_original(tmp_path, monkeypatch):
 
     monkeypatch.setattr(trainer, "YoloLoss", RecordingLoss)
     hyp = dict(SCRATCH_LOW, mosaic=0.5, lr0=0.02)
-    settings = trainer.TrainSettings(epochs=EPOCHS, batch_size=BATCH, img_size=SIZE, hyp=hyp,
+    settings = TrainSettings(epochs=EPOCHS, batch_size=BATCH, img_size=SIZE, hyp=hyp,
                                      device=torch.device("cpu"), seed=1, autoanchor=False)
     trainer.train(model, train_samples, val_samples, settings, on_epoch)
     nb = len(batches) // EPOCHS

@@ -10,11 +10,12 @@ import pytest
 import torch
 import yaml
 
-from tests.helpers import HANG_LIMIT, REPO, run_start
-from utils.checkpoint import build_model, load_plain, read_checkpoint
-from utils.inference import Detector, LetterboxedImages, collate
+from tests.helpers import HANG_LIMIT, REPO, load_plain, run_start
+from utils.checkpoint import build_model, read_checkpoint
+from utils.data.letterboxed import LetterboxedImages, collate
+from utils.inference import Detector
 from utils.nms import non_max_suppression
-from ymir.demo import CLASS_NAMES, make_workdir
+from ymir.local.demo import CLASS_NAMES, make_workdir
 
 ORACLE_PYTHON = REPO / ".venvs" / "oracle" / "bin" / "python"
 ORACLE_TOOL = REPO / "tests" / "oracle" / "oracle_tool.py"

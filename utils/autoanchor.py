@@ -8,12 +8,13 @@ import numpy as np
 import torch
 
 from models.yolo import Detect
+from utils.data.sample import Sample
 
 LOG = logging.getLogger(__name__)
 MIN_BPR = 0.98  # best possible recall below this triggers the evolution
 
 
-def label_sizes(samples: Sequence, img_size: int, rng: np.random.Generator) -> np.ndarray:
+def label_sizes(samples: Sequence[Sample], img_size: int, rng: np.random.Generator) -> np.ndarray:
     """Box (w, h) in pixels of images resized to img_size (long side), with a random 0.9-1.1 scale."""
     sizes = []
     for s in samples:
@@ -67,7 +68,8 @@ def evolve_anchors(wh: np.ndarray, n: int, anchor_t: float, rng: np.random.Gener
     return anchors[np.argsort(anchors.prod(1))]
 
 
-def check_anchors(head: Detect, samples: Sequence, img_size: int, anchor_t: float, seed: int = 0) -> bool:
+def check_anchors(head: Detect, samples: Sequence[Sample], img_size: int, anchor_t: float,
+                  seed: int = 0) -> bool:
     """Replace the head's anchors by evolved ones when they would miss more than 2 % of the boxes.
 
     Returns whether the anchors changed."""

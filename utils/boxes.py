@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import numpy as np
 import torch
@@ -90,13 +90,3 @@ def letterbox_geometry(shape: Tuple[int, int], new_shape: Tuple[int, int], auto:
     if auto:
         dw, dh = dw % stride, dh % stride
     return r, unpadded, (dw / 2, dh / 2)
-
-
-def scale_ratio_pad(original_shape: Tuple[int, int], letterboxed_shape: Tuple[int, int],
-                    ratio_pad: Optional[Tuple] = None):
-    """(ratio, pad) that maps original pixels into a letterboxed image, as YOLOv5's scale_boxes computes them."""
-    if ratio_pad is not None:
-        return ratio_pad[0], ratio_pad[1]
-    gain = min(letterboxed_shape[0] / original_shape[0], letterboxed_shape[1] / original_shape[1])
-    pad = ((letterboxed_shape[1] - original_shape[1] * gain) / 2, (letterboxed_shape[0] - original_shape[0] * gain) / 2)
-    return (gain, gain), pad

@@ -62,14 +62,6 @@ def _torch_load(path: Union[str, Path]):
     return torch.load(str(path), **kwargs)
 
 
-def load_plain(path: Union[str, Path]):
-    """A file of plain types and tensors (ours, or test data): torch's weights-only loader where torch has one
-    (>= 1.13), else our restricted unpickler, which refuses the same globals."""
-    if "weights_only" in inspect.signature(torch.load).parameters:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-    return torch.load(str(path), map_location="cpu", pickle_module=restricted_pickle)
-
-
 def stand_in_state_dict(module: PickledObject, prefix: str = "") -> OrderedDict[str, torch.Tensor]:
     """The state_dict of a pickled nn.Module tree, in torch's order (parameters, buffers, children)."""
     state = module.__dict__

@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn as nn
 
-from utils.dist import unwrap
+from utils.ranks import unwrap
 
 
 class ModelEMA:

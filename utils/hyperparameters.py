@@ -32,8 +32,7 @@ SCRATCH_LOW = {
     "mosaic": 1.0,
     "mixup": 0.0,
     "copy_paste": 0.0,
-    "label_smoothing": 0.0,
-}
+}  # label smoothing is a flag (--label-smoothing), as in YOLOv5: TrainSettings.training_hyp adds it
 NOMINAL_BATCH = 64  # gradients accumulate up to this many images per optimizer step
 
 # What each value may be for training to make sense (wider than YOLOv5's evolution ranges, which are a search

@@ -22,14 +22,16 @@ from torch.utils.data import DataLoader, DistributedSampler
 from models.yolo import DetectionModel
 from utils.autoanchor import check_anchors
 from utils.data.image_weights import ImageWeightedSampler, class_weights, epoch_class_weights, image_weights
+from utils.data.sample import Sample
 from utils.data.train_data import TrainImages, ValImages, collate_train, collate_val
-from utils.dist import rank_and_world, unwrap
 from utils.ema import ModelEMA
 from utils.hyperparameters import NOMINAL_BATCH
 from utils.loss import YoloLoss
 from utils.metrics import DetectionMetrics
 from utils.optim import build_optimizer, build_scheduler, lr_lambda, warmup, warmup_accumulation
 from utils.progress import ProgressLine, duration
+from utils.ranks import rank_and_world, unwrap
+from utils.train_settings import TrainSettings
 from utils.validate import summary_line, validate
 
 LOG = logging.getLogger(__name__)
@@ -39,28 +41,6 @@ MAX_GRAD_NORM = 10.0
 
 class NonFiniteLossError(Exception):
     """The loss became NaN or infinite."""
-
-
-@dataclass
-class TrainSettings:
-    epochs: int
-    batch_size: int  # per process
-    img_size: int
-    hyp: Dict[str, float]
-    device: torch.device
-    optimizer: str = "SGD"
-    cos_lr: bool = False
-    multi_scale: bool = False
-    freeze: int = 0
-    patience: int = 100
-    seed: int = 0
-    workers: int = 0
-    sync_bn: bool = False
-    single_cls: bool = False
-    rect: bool = False
-    autoanchor: bool = True
-    cache: bool = False
-    image_weights: bool = False
 
 
 @dataclass
@@ -99,7 +79,7 @@ def scaled_hyp(hyp: Dict[str, float], nc: int, nl: int, img_size: int) -> Dict[s
     return hyp
 
 
-def train(model: DetectionModel, train_samples: Sequence, val_samples: Sequence, s: TrainSettings,
+def train(model: DetectionModel, train_samples: Sequence[Sample], val_samples: Sequence[Sample], s: TrainSettings,
           on_epoch: Callable[[EpochReport, DetectionMetrics, nn.Module], bool],
           on_progress: Callable[[float], None] = lambda f: None) -> None:
     """Train `model` in place. `on_epoch(report, best, ema_model)` runs on rank 0 and returns False to stop."""
@@ -116,10 +96,10 @@ class Trainer:
         self.model, self.s, self.on_epoch, self.on_progress = model, s, on_epoch, on_progress
         self.rank, self.world = rank_and_world()
         self.device = s.device
-        self.hyp = scaled_hyp(s.hyp, model.nc, model.detect.nl, s.img_size)
+        self.hyp = scaled_hyp(s.training_hyp, model.nc, model.detect.nl, s.img_size)
         self.last_step, self.best, self.best_epoch = -1, None, 0
 
-    def run(self, train_samples: Sequence, val_samples: Sequence) -> None:
+    def run(self, train_samples: Sequence[Sample], val_samples: Sequence[Sample]) -> None:
         self.before_train(train_samples, val_samples)
         for epoch in range(self.s.epochs):
             started = time.time()
@@ -129,7 +109,7 @@ class Trainer:
 
     # ---- before_train -------------------------------------------------------------------------------------------
 
-    def before_train(self, train_samples: Sequence, val_samples: Sequence) -> None:
+    def before_train(self, train_samples: Sequence[Sample], val_samples: Sequence[Sample]) -> None:
         s, model = self.s, self.model
         seed_everything(s.seed + self.rank)
         for name, p in model.named_parameters():
@@ -156,7 +136,7 @@ class Trainer:
         self.work_per_epoch = self.nb + self.val_batches
         self.run_started = time.time()
 
-    def build_loaders(self, train_samples: Sequence, val_samples: Sequence) -> None:
+    def build_loaders(self, train_samples: Sequence[Sample], val_samples: Sequence[Sample]) -> None:
         s, gs = self.s, self.model.image_size_step
         self.train_set = TrainImages(train_samples, s.img_size, self.hyp, augment=not s.rect, seed=s.seed,
                                      single_cls=s.single_cls, rect=s.rect, batch_size=s.batch_size, stride=gs)
@@ -294,7 +274,9 @@ class Trainer:
 
     def after_epoch(self, epoch: int, losses: torch.Tensor, lrs: List[float], examples: list,
                     started: float) -> bool:
-        """Validate and report on rank 0; returns whether training stops (the same answer on every rank)."""
+        """Rank 0 validates the EMA model, logs the epoch, hands its report to `on_epoch` (which saves the stages)
+        and applies early stopping; rank 0's decision to stop is then broadcast, so that every rank returns the same
+        answer: True when training stops here."""
         stop = False
         if self.rank == 0:
             stop = not self.validate_and_report(epoch, losses, lrs, examples, started)
@@ -306,6 +288,8 @@ class Trainer:
 
     def validate_and_report(self, epoch: int, losses: torch.Tensor, lrs: List[float], train_examples: list,
                             started: float) -> bool:
+        """Rank 0's part of after_epoch; returns False to stop (on_epoch said so, or `patience` epochs passed
+        without a better fitness)."""
         s, work = self.s, self.work_per_epoch
 
         def val_progress(f):

@@ -15,8 +15,8 @@ from typing import List, Optional
 
 import yaml
 
-from utils.dist import is_main_process
 from utils.malloc import keep_freed_memory
+from utils.ranks import is_main_process
 from ymir.config import load_config
 from ymir.console_log import ConsoleCopy
 from ymir.context import TaskContext

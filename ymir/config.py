@@ -16,13 +16,14 @@ from typing import Dict, Optional, Tuple
 
 from models.activations import activation_names, resolve_activation
 from models.yolo import MODEL_NAMES, architecture
+from utils.train_settings import TrainSettings
 from ymir import coerce
 from ymir.env import EnvConfig, read_yaml_mapping
 from ymir.errors import ConfigError, one_line
 from ymir.mining.aldd import ALDD_RESOLUTIONS
 from ymir.mining.registry import NAMES as MINING_ALGORITHMS
 from ymir.paths import PathMapper
-from ymir.train_options import TrainOptions, parse_args_options
+from ymir.train_options import parse_args_options
 
 LOG = logging.getLogger(__name__)
 
@@ -140,7 +141,9 @@ class TrainingConfig:
     sync_bn: bool = False
     activation: str = "SiLU"
     ymir_saved_file_patterns: str = ""
-    options: Optional[TrainOptions] = field(default=None, metadata={"derived": True})  # args_options, parsed once
+    # the trainer's settings, made once from the keys above and args_options (the task fits img_size to the model
+    # and adds the device)
+    settings: Optional[TrainSettings] = field(default=None, metadata={"derived": True})
 
     def validate(self) -> TrainingConfig:
         model = self.model.strip().lower()
@@ -159,11 +162,11 @@ class TrainingConfig:
             shlex.split(self.args_options)
         except ValueError as exc:
             raise ConfigError(f"config key 'args_options' = {self.args_options!r} cannot be split: {exc}") from None
-        options = parse_args_options(self.args_options)
+        flagged = parse_args_options(self.args_options)
         arch = architecture(model)
         layers = len(arch["backbone"]) + len(arch["head"])
-        if options.freeze >= layers:
-            raise ConfigError(f"config key 'args_options' = {self.args_options!r}: --freeze {options.freeze} would "
+        if flagged["freeze"] >= layers:
+            raise ConfigError(f"config key 'args_options' = {self.args_options!r}: --freeze {flagged['freeze']} would "
                               f"freeze every layer of {model} ({layers} layers, the last the detection head); "
                               f"allowed: 0 to {layers - 1}")
         try:
@@ -177,8 +180,10 @@ class TrainingConfig:
             except re.error as exc:
                 raise ConfigError(f"config key 'ymir_saved_file_patterns' = {self.ymir_saved_file_patterns!r} has a "
                                   f"bad regex {pattern!r} ({exc}); allowed: comma-separated regexes") from None
-        return dataclasses.replace(self, model=model, activation=activation, img_size=check_img_size(self.img_size),
-                                   options=options)
+        img_size = check_img_size(self.img_size)
+        settings = TrainSettings(model=model, epochs=self.epochs, batch_size=self.batch_size_per_gpu,
+                                 img_size=img_size, workers=self.num_workers_per_gpu, sync_bn=self.sync_bn, **flagged)
+        return dataclasses.replace(self, model=model, activation=activation, img_size=img_size, settings=settings)
 
     @property
     def saved_file_patterns(self) -> Tuple[str, ...]:

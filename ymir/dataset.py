@@ -16,6 +16,7 @@ from typing import List, Sequence, Tuple
 import numpy as np
 
 from utils.data.images import ImageReadError, jpeg_is_truncated, probe_image
+from utils.data.sample import Sample
 from ymir.annotations import AnnotationFileError, parse_ark, parse_voc
 from ymir.errors import DatasetError
 from ymir.paths import PathMapper
@@ -23,18 +24,6 @@ from ymir.paths import PathMapper
 LOG = logging.getLogger(__name__)
 SUMMARY_EXAMPLES = 20
 MAX_INDEX_BYTES = 1 << 30  # 1 GiB: about ten million lines of YMIR's paths
-
-
-@dataclass
-class Sample:
-    """One image with its ground truth: boxes in displayed-image pixels, xyxy, exclusive corners."""
-
-    image: Path
-    width: int
-    height: int
-    orientation: int
-    boxes: np.ndarray  # float32 (n, 4)
-    classes: np.ndarray  # int64 (n,)
 
 
 @dataclass

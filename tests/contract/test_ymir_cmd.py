@@ -10,8 +10,8 @@ import yaml
 from tests.helpers import YMIR_CMD_VERSIONS, make_media, ymir_cmd
 from ymir.config import load_config
 from ymir.dataset import read_candidates, read_split
-from ymir.demo import CLASS_NAMES
 from ymir.env import load_env
+from ymir.local.demo import CLASS_NAMES
 from ymir.monitor import Monitor
 from ymir.paths import PathMapper
 from ymir.results import Detection, ModelStageWriter, write_infer_result, write_mining_result

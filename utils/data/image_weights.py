@@ -12,10 +12,11 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
+from utils.data.sample import Sample
 from utils.data.train_data import class_histogram
 
 
-def class_weights(samples: Sequence, nc: int) -> np.ndarray:
+def class_weights(samples: Sequence[Sample], nc: int) -> np.ndarray:
     """Inverse label frequency per class, summing to 1 (a class without labels counts as one label)."""
     counts = np.asarray(class_histogram(samples, nc), dtype=np.float64)
     counts[counts == 0] = 1
@@ -23,7 +24,7 @@ def class_weights(samples: Sequence, nc: int) -> np.ndarray:
     return weights / weights.sum()
 
 
-def image_weights(samples: Sequence, weights_per_class: np.ndarray) -> np.ndarray:
+def image_weights(samples: Sequence[Sample], weights_per_class: np.ndarray) -> np.ndarray:
     """Per image: the sum over its labels of their class weight."""
     nc = len(weights_per_class)
     return np.array([(np.bincount(np.asarray(s.classes, dtype=np.int64), minlength=nc) * weights_per_class).sum()

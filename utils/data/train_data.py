@@ -14,7 +14,8 @@ from utils.boxes import xyxy_to_xywh
 from utils.data.augment import augment_hsv, flip_horizontal, flip_vertical, mosaic, random_perspective
 from utils.data.images import ImageReadError, read_image
 from utils.data.letterbox import letterbox
-from utils.inference import ImageMeta
+from utils.data.letterboxed import ImageMeta
+from utils.data.sample import Sample
 
 LOG = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def rect_batch_shapes(aspect_ratios: np.ndarray, batch_size: int, img_size: int,
 class SampleImages:
     """Reads samples' images (EXIF-correct) resized so that the long side is img_size, with their labels."""
 
-    def __init__(self, samples: Sequence, img_size: int, augment: bool, single_cls: bool = False):
+    def __init__(self, samples: Sequence[Sample], img_size: int, augment: bool, single_cls: bool = False):
         self.samples, self.img_size, self.augment, self.single_cls = list(samples), img_size, augment, single_cls
         self.cache: Optional[Dict[int, np.ndarray]] = None
 
@@ -106,7 +107,7 @@ class TrainImages(Dataset):
     number of loader workers. Set `epoch` before each epoch.
     """
 
-    def __init__(self, samples: Sequence, img_size: int, hyp: Dict[str, float], augment: bool = True,
+    def __init__(self, samples: Sequence[Sample], img_size: int, hyp: Dict[str, float], augment: bool = True,
                  seed: int = 0, single_cls: bool = False, rect: bool = False, batch_size: int = 16, stride: int = 32):
         self.images = SampleImages(samples, img_size, augment, single_cls)
         self.img_size, self.hyp, self.augment, self.seed = img_size, hyp, augment, seed
@@ -167,7 +168,8 @@ class ValImages(Dataset):
     """Validation: letterboxed into rectangular batch shapes (images ordered by aspect ratio), no
     augmentation; labels stay in original-image pixels, for metrics in that frame."""
 
-    def __init__(self, samples: Sequence, img_size: int, batch_size: int, stride: int, single_cls: bool = False):
+    def __init__(self, samples: Sequence[Sample], img_size: int, batch_size: int, stride: int,
+                 single_cls: bool = False):
         ar = np.array([s.height / s.width for s in samples])
         order = ar.argsort()
         self.images = SampleImages([samples[i] for i in order], img_size, augment=False, single_cls=single_cls)
@@ -196,7 +198,7 @@ def collate_val(items):
     return torch.stack(images), list(labels), list(metas)
 
 
-def class_histogram(samples: Sequence, nc: int) -> List[int]:
+def class_histogram(samples: Sequence[Sample], nc: int) -> List[int]:
     counts = np.zeros(nc, dtype=np.int64)
     for s in samples:
         np.add.at(counts, s.classes, 1)

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from utils.inference import BatchOutput, ForwardPass, ImageMeta, detect
+from utils.data.letterboxed import ImageMeta
+from utils.inference import BatchOutput, ForwardPass, detect
 from utils.nms import non_max_suppression
 from ymir.mining import UNREADABLE_SCORE
 from ymir.mining.aldd import aldd_scores, class_weights

@@ -20,20 +20,19 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
 from utils.checkpoint import Checkpoint, CheckpointError, build_model
-from utils.dist import rank_and_world
-from utils.inference import LetterboxedImages, collate, detect, in_original_pixels, make_detector
+from utils.data.letterboxed import LetterboxedImages, collate
+from utils.inference import detect, in_original_pixels, make_detector
 from utils.progress import ProgressLine
+from utils.ranks import rank_and_world
 from ymir.context import TaskContext
 from ymir.dataset import read_candidates
-from ymir.devices import select_device
-from ymir.distributed import needs_launch, process_group, wanted_processes
 from ymir.errors import ConfigError, DatasetError, ModelError
-from ymir.launch import run_distributed
 from ymir.mining import UNREADABLE_SCORE
 from ymir.mining.diverse import Evidence, recorded_class_ap
 from ymir.mining.registry import ALGORITHMS, GatheredScores, ScorerInputs, make_scorer, rank_scores
 from ymir.mining.report import RankedImage, RankingRule, thumbnail_looks, write_report
 from ymir.results import Detection, write_infer_result, write_mining_result
+from ymir.task_processes import run_in_processes
 from ymir.tasks import fitted_image_size, prediction_image_size
 from ymir.weights import load_checkpoint, resolve_class_names
 
@@ -81,9 +80,12 @@ def run_mining_and_inference(ctx: TaskContext) -> None:
                      [RankedImage(candidates[i][1], float(scorer.scores[i]), True) for i in order],
                      list(config.platform.class_names), RankingRule(config.mining.mining_algorithm))
         return
-    if needs_launch(config.platform.gpu_ids):
-        run_distributed(ctx, wanted_processes(config.platform.gpu_ids))
-        return
+    run_in_processes(ctx, datetime.timedelta(minutes=30), lambda device: _predict(ctx, candidates, device))
+
+
+def _predict(ctx: TaskContext, candidates: Sequence[Tuple[str, object]], device: torch.device) -> None:
+    """Every process scores its shard; rank 0 gathers the shards and writes the results."""
+    config, env = ctx.config, ctx.env
     rank, world = rank_and_world()
     if rank == 0:
         LOG.info("%d candidate images; %s%s", len(candidates), ", ".join(
@@ -91,13 +93,11 @@ def run_mining_and_inference(ctx: TaskContext) -> None:
             + (["inference"] if config.infer else [])), f"; sharded over {world} processes" if world > 1 else "")
     ckpt = load_checkpoint(config.platform.model_params_path, env.models_dir)
     class_names = resolve_class_names(config.platform.class_names, ckpt)
-    device = select_device(config.platform.gpu_ids)
-    with process_group(device, timeout=datetime.timedelta(minutes=30)):
-        results = _predict_shard(ctx, candidates, ckpt, device)
-        if world > 1:
-            gathered: List[Optional[List[ImageResult]]] = [None] * world
-            dist.all_gather_object(gathered, results)
-            results = [r for shard in gathered for r in shard]
+    results = _predict_shard(ctx, candidates, ckpt, device)
+    if world > 1:
+        gathered: List[Optional[List[ImageResult]]] = [None] * world
+        dist.all_gather_object(gathered, results)
+        results = [r for shard in gathered for r in shard]
     if device.type == "cuda":
         torch.cuda.empty_cache()
     if rank == 0:

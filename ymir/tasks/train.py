@@ -1,6 +1,7 @@
 """Training task: YMIR dataset in, model stages out (`best` always, `epoch_N` on request)."""
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import logging
@@ -22,21 +23,19 @@ from utils.checkpoint import (
     transfer_weights,
 )
 from utils.data.train_data import class_histogram
-from utils.dist import rank_and_world
 from utils.export import ExportError, export_onnx, max_onnx_opset
 from utils.metrics import DetectionMetrics
-from utils.trainer import EpochReport, NonFiniteLossError, TrainSettings, seed_everything, train
+from utils.ranks import rank_and_world
+from utils.train_settings import TrainSettings
+from utils.trainer import EpochReport, NonFiniteLossError, seed_everything, train
 from utils.validate import VAL_CONF, summary_line
 from ymir.config import TrainingConfig
 from ymir.context import TaskContext
 from ymir.dataset import read_split
-from ymir.devices import select_device
-from ymir.distributed import needs_launch, process_group, wanted_processes
 from ymir.errors import ConfigError, DatasetError, ModelError, NanLossError
-from ymir.launch import run_distributed
 from ymir.results import ModelStageWriter
+from ymir.task_processes import run_in_processes
 from ymir.tasks import fitted_image_size
-from ymir.train_options import TrainOptions
 from ymir.training_report import TrainingReport
 from ymir.weights import load_checkpoint
 
@@ -48,22 +47,16 @@ ONNX_REFRESH_S = 600  # during training, the best stage's ONNX is refreshed at m
 
 
 def run_training(ctx: TaskContext) -> None:
-    cfg, platform, env = ctx.config.training, ctx.config.platform, ctx.env
-    options = cfg.options
+    cfg, env = ctx.config.training, ctx.env
     if cfg.opset > max_onnx_opset():  # found now, not after the first epoch
         raise ConfigError(f"config 'opset' = {cfg.opset}: this image's torch {torch.__version__} exports ONNX "
                           f"opsets up to {max_onnx_opset()}")
-    if needs_launch(platform.gpu_ids):
-        run_distributed(ctx, wanted_processes(platform.gpu_ids))
-        return
     if env.training_index_file is None or env.val_index_file is None:
         raise ConfigError("env.yaml names no training_index_file / val_index_file for a training task")
-    device = select_device(platform.gpu_ids)
-    with process_group(device, timeout=datetime.timedelta(hours=3)):
-        _train(ctx, options, device)
+    run_in_processes(ctx, datetime.timedelta(hours=3), lambda device: _train(ctx, device))
 
 
-def _train(ctx: TaskContext, options, device) -> None:
+def _train(ctx: TaskContext, device: torch.device) -> None:
     cfg, platform, env = ctx.config.training, ctx.config.platform, ctx.env
     rank, world = rank_and_world()
     names = list(platform.class_names)
@@ -71,20 +64,15 @@ def _train(ctx: TaskContext, options, device) -> None:
     train_samples, _ = read_split(env.training_index_file, names, fmt, ctx.mapper, "train")
     val_samples, _ = read_split(env.val_index_file, names, fmt, ctx.mapper, "val")
     require_boxes(train_samples, val_samples, names)
-    seed_everything(options.seed)  # the random initialisation too: a run is reproducible from its seed
+    seed_everything(cfg.settings.seed)  # the random initialisation too: a run is reproducible from its seed
     model, origin = build_training_model(cfg, env.models_dir, platform.pretrained_model_params, len(names))
     img_size = fitted_image_size(model, cfg.img_size)
     LOG.info("training %s (%s) on %d images, validating on %d, %d classes, %d epochs at %d px, batch %d x %d, %s",
              cfg.model, origin, len(train_samples), len(val_samples), len(names), cfg.epochs, img_size,
              cfg.batch_size_per_gpu, world, device)
-    settings = TrainSettings(
-        epochs=cfg.epochs, batch_size=cfg.batch_size_per_gpu, img_size=img_size, hyp=options.hyp, device=device,
-        optimizer=options.optimizer, cos_lr=options.cos_lr, multi_scale=options.multi_scale, freeze=options.freeze,
-        patience=options.patience, seed=options.seed, workers=min(cfg.num_workers_per_gpu, os.cpu_count() or 1),
-        sync_bn=cfg.sync_bn, single_cls=options.single_cls, rect=options.rect, autoanchor=options.autoanchor,
-        cache=options.cache is not None, image_weights=options.image_weights)
-    saver = StageSaver(env.output.models_dir, cfg, names, img_size, options, class_histogram(train_samples,
-                                                                                             len(names)))
+    settings = dataclasses.replace(cfg.settings, img_size=img_size, device=device,
+                                   workers=min(cfg.num_workers_per_gpu, os.cpu_count() or 1))
+    saver = StageSaver(env.output.models_dir, cfg, names, settings, class_histogram(train_samples, len(names)))
     report = TrainingReport(env.output.tensorboard_dir, names) if rank == 0 else None
 
     def on_epoch(epoch: EpochReport, best: DetectionMetrics, ema_model) -> bool:
@@ -180,16 +168,6 @@ def _architecture_name(arch: dict) -> Optional[str]:
     return None
 
 
-def yolov5_options(cfg: TrainingConfig, options: TrainOptions, img_size: int) -> dict:
-    """The training settings under the names of YOLOv5 train.py's options, as its checkpoints keep them (`opt`)."""
-    return {"cfg": f"{cfg.model}.yaml", "epochs": cfg.epochs, "batch_size": cfg.batch_size_per_gpu, "imgsz": img_size,
-            "optimizer": options.optimizer, "cos_lr": options.cos_lr, "label_smoothing": options.hyp["label_smoothing"],
-            "multi_scale": options.multi_scale, "single_cls": options.single_cls, "rect": options.rect,
-            "cache": options.cache, "freeze": [options.freeze], "patience": options.patience, "seed": options.seed,
-            "noautoanchor": not options.autoanchor, "image_weights": options.image_weights, "sync_bn": cfg.sync_bn,
-            "workers": cfg.num_workers_per_gpu}
-
-
 class StageSaver:
     """Writes the `best` stage as soon as a new best appears, and `epoch_N` stages every save_period epochs.
 
@@ -198,13 +176,13 @@ class StageSaver:
     weights alone, never an ONNX file of an older best.
     """
 
-    def __init__(self, models_dir: Path, cfg: TrainingConfig, names: List[str], img_size: int,
-                 options: TrainOptions, histogram: List[int]):
+    def __init__(self, models_dir: Path, cfg: TrainingConfig, names: List[str], settings: TrainSettings,
+                 histogram: List[int]):
         self.writer = ModelStageWriter(models_dir, EVALUATE_CONFIG)
-        self.cfg, self.names, self.img_size = cfg, names, img_size
-        self.meta = {"img_size": img_size, "class_histogram": histogram, "hyp": dict(options.hyp),
-                     "model": cfg.model}
-        self.opt = yolov5_options(cfg, options, img_size)
+        self.cfg, self.names, self.img_size = cfg, names, settings.img_size
+        self.meta = {"img_size": settings.img_size, "class_histogram": histogram, "hyp": settings.training_hyp,
+                     "model": settings.model}
+        self.opt = settings.yolov5_opt()
         self.patterns = [re.compile(p) for p in cfg.saved_file_patterns]
         self.best: Optional[Tuple[int, DetectionMetrics]] = None
         self.best_has_onnx = False

@@ -1,19 +1,23 @@
-"""One process per GPU under torchrun: how many processes a task wants, and the process group's lifetime.
+"""How a task runs as processes, one per GPU under torchrun: how many it wants, the process group's lifetime, and
+the stanza every task goes through (`run_in_processes`).
 
 The first process sees WORLD_SIZE unset, decides how many processes the task needs and, when more than one,
-starts them through `ymir.launch`; each of them then runs the task inside `process_group`.
+starts them through `ymir.launch` and supervises them; each of them then runs the task inside `process_group`.
 """
 from __future__ import annotations
 
 import contextlib
 import datetime
 import os
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
 
-from utils.dist import rank_and_world
+from utils.ranks import rank_and_world
+from ymir.context import TaskContext
+from ymir.devices import select_device
+from ymir.launch import run_distributed
 
 CPU_PROCESSES_ENV = "YMIR_CPU_PROCESSES"  # CPU runs: this many processes (gloo); used by tests and benchmarks
 
@@ -40,3 +44,16 @@ def process_group(device: torch.device, timeout: datetime.timedelta) -> Iterator
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def run_in_processes(ctx: TaskContext, timeout: datetime.timedelta, task: Callable[[torch.device], None]) -> None:
+    """Every task's launch: the first process of a task that wants several starts them and supervises them
+    (ymir.launch); each process, or the only one, runs `task` on its device inside the process group (`timeout`
+    bounds how long the ranks wait for each other)."""
+    gpu_ids = ctx.config.platform.gpu_ids
+    if needs_launch(gpu_ids):
+        run_distributed(ctx, wanted_processes(gpu_ids))
+        return
+    device = select_device(gpu_ids)
+    with process_group(device, timeout=timeout):
+        task(device)

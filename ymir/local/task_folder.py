@@ -1,6 +1,6 @@
 """A task folder as YMIR writes it (`in/` and `out/`), made from images and boxes, or from a dataset on disk.
 
-`python -m ymir.task_folder ROOT --task training --images DIR` turns a folder of images with YOLO txt labels
+`python -m ymir.local.task_folder ROOT --task training --images DIR` turns a folder of images with YOLO txt labels
 (or Pascal VOC XML, `--labels voc`) into ROOT/in and ROOT/out; `--task mining+infer --images DIR --model STAGE`
 does the same for unlabelled images and a trained model stage. Then `python start.py --in ROOT/in --out ROOT/out`
 runs the task. The folder is laid out as YMIR lays it out (images and annotations named by the image's SHA-1 under
@@ -352,7 +352,7 @@ def local_task_id() -> str:
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m ymir.task_folder", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m ymir.local.task_folder", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("root", type=Path, help="the task folder to write (ROOT/in, ROOT/out); must not exist")
     parser.add_argument("--task", choices=TASKS, default="training", help="default: training")

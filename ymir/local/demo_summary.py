@@ -1,6 +1,6 @@
 """The demo's summary: what `tools/demo.sh` made under its folder, judged against the shapes drawn in the candidates.
 
-`python -m ymir.demo DEMO_DIR --summary [--seconds S]` prints it and writes DEMO_DIR/first-candidates.png.
+`python -m ymir.local.demo DEMO_DIR --summary [--seconds S]` prints it and writes DEMO_DIR/first-candidates.png.
 """
 from __future__ import annotations
 

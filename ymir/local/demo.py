@@ -1,8 +1,8 @@
 """A built-in demo dataset: synthetic shapes laid out exactly as YMIR lays out a task's /in and /out.
 
-`python -m ymir.demo ROOT --task training|mining|infer|mining+infer` writes ROOT/in and ROOT/out (and, for the
+`python -m ymir.local.demo ROOT --task training|mining|infer|mining+infer` writes ROOT/in and ROOT/out (and, for the
 candidates of mining and inference, the shapes drawn in them: ROOT/truth.json); then
-`python start.py --in ROOT/in --out ROOT/out` runs the task on it. `python -m ymir.demo DEMO_DIR --summary` reads
+`python start.py --in ROOT/in --out ROOT/out` runs the task on it. `python -m ymir.local.demo DEMO_DIR --summary` reads
 what `tools/demo.sh` made under DEMO_DIR and prints its summary, with a picture of the first candidates.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import List, Optional, Tuple
 import cv2
 import numpy as np
 
-from ymir.task_folder import TASKS, LabelledImage, write_task_folder
+from ymir.local.task_folder import TASKS, LabelledImage, write_task_folder
 
 CLASS_NAMES = ("box", "disc", "triangle")
 # The demo's recipe, chosen by bench/training_budget.py (bench/RESULTS.md): small images of large shapes, and
@@ -126,7 +126,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--seconds", type=float, default=0.0, help="with --summary: the demo's total time")
     args = parser.parse_args(argv)
     if args.summary:
-        from ymir.demo_summary import summary  # the summary's imports (torch, the plots) only where it is asked for
+        from ymir.local.demo_summary import (
+            summary,  # the summary's imports (torch, the plots) only where it is asked for
+        )
 
         print("\n".join(summary(args.root, args.seconds)))
         return
