@@ -105,3 +105,26 @@ def test_tied_scores_cannot_rank_only_where_nothing_else_can_order_them():
     assert cannot_rank_reason("diverse", tied, none, seen) is None
     assert cannot_rank_reason("diverse", tied, np.ones(3, bool), [Evidence(np.zeros((0, FEATURE + FEATURE_DIM)))] * 3)
     assert undetected_score(float("nan")) == -0.5 and np.isfinite(undetected_score(float("inf")))
+
+
+def test_exact_copies_never_take_two_places_while_a_distinct_candidate_remains():
+    scene = unit(0)
+    copies = [Evidence(evidence(0, 0.5, 0.9, scene)[None]) for _ in range(8)]  # the most uncertain, all alike
+    distinct = [Evidence(evidence(0, 0.5, 0.85 - 0.01 * k, unit(20 + k))[None]) for k in range(8)]  # a little less
+    order = diverse_order(copies + distinct, 1, None, 0.0).tolist()
+    first_distinct_spent = max(order.index(8 + k) for k in range(8))
+    assert sum(1 for i in order[:first_distinct_spent + 1] if i < 8) == 1  # one copy, then every distinct one
+    assert order[0] < 8  # the most uncertain scene still comes first
+
+
+def test_a_classs_images_rise_as_its_difficulty_rises():
+    """Class 1's images are a little less uncertain than class 0's; the harder the model finds class 1 (the lower
+    its recorded AP@0.5), the earlier they come."""
+    pool = [Evidence(evidence(0, 0.5, 0.6, unit(k))[None]) for k in range(10)]
+    pool += [Evidence(evidence(1, 0.5, 0.5, unit(100 + k))[None]) for k in range(10)]
+    mean_places = []
+    for ap in (0.9, 0.5, 0.2, 0.0):
+        order = diverse_order(pool, 2, [0.5, ap], 0.0).tolist()
+        mean_places.append(np.mean([order.index(i) for i in range(10, 20)]))
+    assert mean_places == sorted(mean_places, reverse=True) and mean_places[-1] < mean_places[0] - 3
+    assert mean_places[-1] < np.mean(range(20))  # at its hardest, class 1 leads the list
