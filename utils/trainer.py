@@ -17,13 +17,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
 
 from models.yolo import DetectionModel
 from utils.autoanchor import check_anchors
 from utils.data.image_weights import ImageWeightedSampler, class_weights, epoch_class_weights, image_weights
 from utils.data.sample import Sample
-from utils.data.train_data import TrainImages, ValImages, collate_train, collate_val
+from utils.data.train_data import EpochIndices, EpochShuffle, TrainImages, ValImages, collate_train, collate_val
 from utils.ema import ModelEMA
 from utils.hyperparameters import NOMINAL_BATCH
 from utils.loss import YoloLoss
@@ -101,11 +101,15 @@ class Trainer:
 
     def run(self, train_samples: Sequence[Sample], val_samples: Sequence[Sample]) -> None:
         self.before_train(train_samples, val_samples)
-        for epoch in range(self.s.epochs):
-            started = time.time()
-            losses, lrs, examples = self.train_one_epoch(epoch)
-            if self.after_epoch(epoch, losses, lrs, examples, started):
-                break
+        try:
+            for epoch in range(self.s.epochs):
+                started = time.time()
+                losses, lrs, examples = self.train_one_epoch(epoch)
+                if self.after_epoch(epoch, losses, lrs, examples, started):
+                    break
+        finally:
+            if self.train_set.images.cache is not None:
+                self.train_set.images.cache.close()  # a disk cache's folder goes
 
     # ---- before_train -------------------------------------------------------------------------------------------
 
@@ -141,19 +145,24 @@ class Trainer:
         self.train_set = TrainImages(train_samples, s.img_size, self.hyp, augment=not s.rect, seed=s.seed,
                                      single_cls=s.single_cls, rect=s.rect, batch_size=s.batch_size, stride=gs)
         if s.cache:
-            self.train_set.images.cache = {}
+            self.train_set.images.use_cache(s.cache)
         if s.image_weights:
             self.sampler = ImageWeightedSampler(len(self.train_set), s.seed, self.rank, self.world)
             self.base_class_weights = class_weights(self.train_set.samples, self.model.nc)
             self.per_class_map = None
+        elif self.world > 1:
+            self.sampler = DistributedSampler(self.train_set, shuffle=True, seed=s.seed)
         else:
-            self.sampler = DistributedSampler(self.train_set, shuffle=True, seed=s.seed) if self.world > 1 else None
+            self.sampler = None if s.rect else EpochShuffle(len(self.train_set), s.seed)
+        # workers live for the whole run (their start-up and the cache are paid once): each index travels with its
+        # epoch, which seeds its augmentation
+        order = self.sampler if self.sampler is not None else SequentialSampler(self.train_set)
+        indices = EpochIndices(order, self.train_set)
         generator = torch.Generator().manual_seed(s.seed + self.rank)
-        self.train_loader = DataLoader(self.train_set, batch_size=s.batch_size,
-                                       shuffle=self.sampler is None and not s.rect, sampler=self.sampler,
+        self.train_loader = DataLoader(self.train_set, batch_size=s.batch_size, sampler=indices,
                                        num_workers=s.workers, collate_fn=collate_train, generator=generator,
                                        pin_memory=self.device.type == "cuda", drop_last=False,
-                                       persistent_workers=False)
+                                       persistent_workers=s.workers > 0)
         self.val_loader = DataLoader(ValImages(val_samples, s.img_size, s.batch_size * 2, gs, s.single_cls),
                                      batch_size=s.batch_size * 2, shuffle=False, num_workers=s.workers,
                                      collate_fn=collate_val) if self.rank == 0 else None

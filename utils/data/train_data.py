@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from utils.boxes import xyxy_to_xywh
 from utils.data.augment import augment_hsv, flip_horizontal, flip_vertical, mosaic, random_perspective
+from utils.data.image_cache import ImageCache, build_cache
 from utils.data.images import ImageReadError, read_image
 from utils.data.letterbox import letterbox
 from utils.data.letterboxed import ImageMeta
@@ -59,7 +60,11 @@ class SampleImages:
 
     def __init__(self, samples: Sequence[Sample], img_size: int, augment: bool, single_cls: bool = False):
         self.samples, self.img_size, self.augment, self.single_cls = list(samples), img_size, augment, single_cls
-        self.cache: Optional[Dict[int, np.ndarray]] = None
+        self.cache: Optional[ImageCache] = None
+
+    def use_cache(self, kind: str) -> None:
+        """Decodes and resizes every image once, now, into a `kind` cache (utils.data.image_cache)."""
+        self.cache = build_cache(kind, self.samples, self.img_size, self.read_resized)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -87,16 +92,17 @@ class SampleImages:
         raise ImageReadError("no image of the split can be decoded")
 
     def _read_resized(self, i: int) -> np.ndarray:
-        if self.cache is not None and i in self.cache:
-            return self.cache[i]
+        cached = self.cache.get(i) if self.cache is not None else None
+        return cached if cached is not None else self.read_resized(i)
+
+    def read_resized(self, i: int) -> np.ndarray:
+        """Sample i's image, decoded and resized so that its long side is img_size (as YOLOv5 caches it)."""
         s = self.samples[i]
         img = read_image(s.image, s.orientation)
         r = self.img_size / max(img.shape[:2])
         if r != 1:
             interp = cv2.INTER_LINEAR if (self.augment or r > 1) else cv2.INTER_AREA
             img = cv2.resize(img, (math.ceil(img.shape[1] * r), math.ceil(img.shape[0] * r)), interpolation=interp)
-        if self.cache is not None:
-            self.cache[i] = img
         return img
 
 
@@ -128,8 +134,11 @@ class TrainImages(Dataset):
     def samples(self):
         return self.images.samples
 
-    def __getitem__(self, index: int):
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+    def __getitem__(self, item: Union[int, Tuple[int, int]]):
+        """`item`: an index (at the epoch set in `epoch`), or (epoch, index) as EpochIndices gives them to loader
+        workers that live for the whole run (their copy of `epoch` would stay at its first value)."""
+        epoch, index = item if isinstance(item, tuple) else (self.epoch, item)
+        rng = np.random.default_rng([self.seed, epoch, index])
         hyp = self.hyp
         if self.augment and rng.random() < hyp["mosaic"]:
             others = rng.integers(0, len(self), 3).tolist()
@@ -155,6 +164,38 @@ class TrainImages(Dataset):
             if rng.random() < hyp["fliplr"]:
                 img, labels = flip_horizontal(img, labels)
         return to_chw_rgb(img), torch.from_numpy(normalised_xywh(labels, img.shape[1], img.shape[0]))
+
+
+class EpochIndices(Sampler):
+    """`indices` (a sampler, iterated in the main process) with the dataset's current epoch beside each index, read
+    when an epoch's iteration starts."""
+
+    def __init__(self, indices: Sampler, dataset: TrainImages):
+        self.indices, self.dataset = indices, dataset
+
+    def __iter__(self) -> Iterator[Tuple[int, int]]:
+        epoch = self.dataset.epoch
+        return ((epoch, int(i)) for i in self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class EpochShuffle(Sampler):
+    """Every index once per epoch, in an order seeded by (seed, epoch): the same order whatever the loader's
+    workers, and whether they live for one epoch or the whole run."""
+
+    def __init__(self, size: int, seed: int = 0):
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(np.random.default_rng([self.seed, self.epoch]).permutation(self.size).tolist())
+
+    def __len__(self) -> int:
+        return self.size
 
 
 def collate_train(items):

@@ -1,0 +1,106 @@
+"""The training loader: workers that live for the whole run still augment each epoch anew, the order is seeded by
+(seed, epoch) alone, and the image cache is filled once, read instead of the files, and refused when it would not
+fit."""
+import logging
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+import utils.data.image_cache as image_cache
+from tests.test_augment import write_sample
+from utils.data.train_data import EpochIndices, EpochShuffle, TrainImages, collate_train
+from utils.hyperparameters import SCRATCH_LOW
+
+BOXES = [(10, 10, 50, 40), (60, 50, 110, 85)]
+
+
+@pytest.fixture
+def samples(tmp_path):
+    return [write_sample(tmp_path, f"s{i}", (90 + 10 * i, 120 + 4 * i), BOXES) for i in range(6)]
+
+
+def batches(dataset, sampler, workers, epochs):
+    """Every batch of `epochs` epochs through one loader (its workers, if any, kept for the whole run)."""
+    loader = DataLoader(dataset, batch_size=4, sampler=EpochIndices(sampler, dataset), num_workers=workers,
+                        collate_fn=collate_train, persistent_workers=workers > 0)
+    out = []
+    for epoch in range(epochs):
+        dataset.epoch = epoch
+        sampler.set_epoch(epoch)
+        out.append([(images.clone(), labels.clone()) for images, labels in loader])
+    return out
+
+
+def test_workers_kept_for_the_whole_run_give_each_epoch_its_own_augmentation(samples):
+    dataset = TrainImages(samples, 96, dict(SCRATCH_LOW), seed=3)
+    in_process = batches(dataset, EpochShuffle(len(dataset), seed=3), 0, 2)
+    kept = batches(dataset, EpochShuffle(len(dataset), seed=3), 2, 2)
+    for a, b in zip(in_process, kept):  # the same batches, epoch by epoch, whatever the workers
+        assert len(a) == len(b) == 2
+        for (ia, la), (ib, lb) in zip(a, b):
+            assert torch.equal(ia, ib) and torch.equal(la, lb)
+    assert not torch.equal(kept[0][0][0], kept[1][0][0])  # a worker's copy of `epoch` would repeat epoch 0
+
+
+def test_an_index_with_its_epoch_is_the_index_at_that_epoch(samples):
+    dataset = TrainImages(samples, 96, dict(SCRATCH_LOW), seed=1)
+    dataset.epoch = 4
+    image, labels = dataset[2]
+    dataset.epoch = 0
+    tagged_image, tagged_labels = dataset[(4, 2)]
+    assert torch.equal(image, tagged_image) and torch.equal(labels, tagged_labels)
+
+
+def test_the_order_is_seeded_by_seed_and_epoch_only():
+    first, again, other = EpochShuffle(50, seed=7), EpochShuffle(50, seed=7), EpochShuffle(50, seed=8)
+    orders = []
+    for epoch in (0, 1):
+        for sampler in (first, again, other):
+            sampler.set_epoch(epoch)
+        orders.append(list(first))
+        assert sorted(list(first)) == list(range(50)) and list(first) == list(again) != list(other)
+    assert orders[0] != orders[1]
+
+
+@pytest.mark.parametrize("kind", ["ram", "disk"])
+def test_a_filled_cache_is_read_instead_of_the_files(samples, tmp_path, kind):
+    plain = TrainImages(samples, 96, dict(SCRATCH_LOW), seed=2)
+    expected = [plain[i] for i in range(len(samples))]
+    cached = TrainImages(samples, 96, dict(SCRATCH_LOW), seed=2)
+    cached.images.use_cache(kind)
+    cache = cached.images.cache
+    for s in samples:
+        s.image.unlink()  # from now on only the cache has the images
+    got = [cached[i] for i in range(len(samples))]
+    for (ei, el), (gi, gl) in zip(expected, got):
+        assert torch.equal(ei, gi) and torch.equal(el, gl)
+    if kind == "disk":
+        folder = cache.folder
+        assert folder is not None and not str(folder).startswith(str(tmp_path))  # never beside the images (/in)
+        assert len(list(folder.glob("*.npy"))) == len(samples)
+        cache.close()
+        assert not folder.exists()
+
+
+def test_a_cache_that_would_not_fit_says_so_and_training_goes_on_without_it(samples, monkeypatch, caplog):
+    needed = image_cache.resized_bytes(samples, 96)
+    dataset = TrainImages(samples, 96, dict(SCRATCH_LOW), seed=2)
+    assert needed == sum(dataset.images.read_resized(i).nbytes for i in range(len(samples)))  # known before reading
+    monkeypatch.setattr(image_cache, "available_memory", lambda: int(needed * 1.05))  # under the 10 % margin
+    with caplog.at_level(logging.WARNING):
+        dataset.images.use_cache("ram")
+    assert dataset.images.cache is None and "training without the cache" in caplog.text
+    assert len(dataset[0]) == 2
+    monkeypatch.setattr(image_cache, "available_memory", lambda: int(needed * 1.2))
+    dataset.images.use_cache("ram")
+    assert dataset.images.cache is not None and len(dataset.images.cache.arrays) == len(samples)
+
+
+def test_images_that_cannot_be_read_stay_out_of_the_cache(samples):
+    samples[1].image.write_bytes(b"not an image")
+    dataset = TrainImages(samples, 96, dict(SCRATCH_LOW), seed=2)
+    dataset.images.use_cache("ram")
+    assert sorted(dataset.images.cache.arrays) == [0, 2, 3, 4, 5]
+    assert np.array_equal(dataset.images.load(1)[0], dataset.images.cache.arrays[2])  # the next one stands in
