@@ -33,6 +33,8 @@ IMAGES = {
 MODELS = ["yolov5n", "yolov5s", "yolov5m", "yolov5l", "yolov5x",
           "yolov5n6", "yolov5s6", "yolov5m6", "yolov5l6", "yolov5x6"]
 SHARED_FROM = "COPY requirements.txt /tmp/requirements.txt"  # from here on every image is built alike
+# the GPU images' own ENV: the NVIDIA container runtime mounts the driver whatever the base
+NVIDIA_ENV = "NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility"
 
 
 def instructions(name):
@@ -62,7 +64,7 @@ def test_hadolint_passes_on_every_dockerfile():
 def test_every_image_shares_one_build_after_torch():
     tails = {name: (REPO / name).read_text().split(SHARED_FROM, 1)[1] for name in IMAGES}
     assert len(set(tails.values())) == 1, "the steps after the torch install differ between Dockerfiles"
-    envs = {name: [a for k, a in instructions(name) if k in ("ENV", "SHELL")] for name in IMAGES}
+    envs = {name: [a for k, a in instructions(name) if k in ("ENV", "SHELL") and a != NVIDIA_ENV] for name in IMAGES}
     assert len({repr(v) for v in envs.values()}) == 1
 
 
@@ -81,8 +83,11 @@ def test_dockerfile_base_torch_cmd_and_no_entrypoint(name):
         assert "python3 -m venv /opt/venv" in runs and "apt-get" not in runs
         assert "--index-url" not in runs.replace("--extra-index-url", "")
         assert '${TORCH_INDEX:+--extra-index-url "${TORCH_INDEX}"}' in runs
+        assert ("ENV", NVIDIA_ENV) not in steps
     else:
         assert args["PYTHON"] == python and "${PYTHON} -m venv /opt/venv" in runs
+        assert ("ENV", NVIDIA_ENV) in steps  # not only in the nvidia/cuda bases: any base works
+        assert "apt-get clean" in runs  # bases without Docker's apt hook keep the downloaded packages otherwise
     assert "ENTRYPOINT" not in keywords
     assert [a for k, a in steps if k == "CMD"] == ['["bash", "/usr/bin/start.sh"]']
     assert keywords[-1] == "CMD"
