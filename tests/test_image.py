@@ -7,6 +7,12 @@ writable, an arbitrary uid, no HOME and no network; YMIR's code packs the traine
 into the /in of a mining + inference task, which runs the same way; every output is read by ymir-cmd 2.0.0 and
 2.3.0, and /in is byte-identical afterwards. The images are removed at the end. With YMIR_TEST_IMAGE set, the
 tests use that image instead of building one.
+
+The GPU image (Dockerfile.cu128) goes through the same tests when asked for (YMIR_TEST_GPU_IMAGE=1, or the name of
+an image built by hand; `tools/test.sh --gpu-image`): built from the same local base with PyPI's default torch
+2.9.1 wheel, the CUDA 12.8 build, whose CUDA runtime, cuDNN, cuBLAS and NCCL come as nvidia-* packages (about
+7 GB, so it is not part of the suite). Without a GPU it must carry that stack, say CUDA is not available, and run
+every task on the CPU.
 """
 from __future__ import annotations
 
@@ -35,6 +41,59 @@ from utils.checkpoint import save_checkpoint
 from ymir.local.demo import CLASS_NAMES
 
 UID = "4321:4321"  # no such user in the image: YMIR may use any
+# Each image the test can build: its Dockerfile and the build arguments this machine needs. PyTorch's own index
+# cannot be reached here: torch comes from the configured indexes (local wheels, PyPI).
+VARIANTS = {
+    # torchvision, whose CPU build only PyTorch's index has, is left out (plain-torch NMS)
+    "cpu": ("Dockerfile.cpu", {"TORCH_INDEX": "", "TORCHVISION_VERSION": ""}),
+    # the local base's Python is Debian bookworm's 3.11; PyPI's default torch 2.9.1 is the +cu128 build
+    "cu128": ("Dockerfile.cu128", {"PYTHON": "python3.11", "TORCH_VERSION": "2.9.1",
+                                   "TORCHVISION_VERSION": "0.24.1", "TORCH_INDEX": ""}),
+}
+GPU_IMAGE = os.environ.get("YMIR_TEST_GPU_IMAGE", "")  # "1": build it; another value: the image to test
+# What torch in each image was built with, and the NVIDIA runtime's variables (only the GPU image sets them)
+STACKS = {
+    "cpu": {"cuda": None, "cudnn": False, "nccl": False, "nvidia_env": {}},
+    "cu128": {"cuda": "12.8", "cudnn": True, "nccl": True,
+              "nvidia_env": {"NVIDIA_VISIBLE_DEVICES": "all", "NVIDIA_DRIVER_CAPABILITIES": "compute,utility"}},
+}
+# Inside the image, as YMIR's uid with no network: torch's build, what it loaded, and what the image should not hold
+PROBE = r"""
+import glob, json, os, re, shutil, sys
+# what the build left behind, looked at before anything runs (a run writes its own temporary folders)
+caches = [p for pattern in ("/root/.cache/*", "/tmp/.cache/*", "/tmp/pip-*", "/tmp/tmp*",
+                            "/var/cache/apt/archives/*.deb", "/var/lib/apt/lists/*_Packages*")
+          for p in glob.glob(pattern)]
+compilers = [c for c in ("gcc", "cc", "g++", "nvcc", "ptxas", "make") if shutil.which(c)]
+import torch
+out = {"python": sys.version.split()[0], "torch": torch.__version__, "cuda": torch.version.cuda,
+       "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+       "cuda_available": torch.cuda.is_available(), "device_count": torch.cuda.device_count()}
+try:
+    import torchvision
+    out["torchvision"] = torchvision.__version__
+except ImportError:
+    out["torchvision"] = None
+try:
+    out["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))
+except Exception as exc:  # the CPU build has none
+    out["nccl"] = None
+    out["nccl_error"] = type(exc).__name__
+out["archs"] = torch._C._cuda_getArchFlags() if out["cuda"] else None
+with open("/proc/self/maps") as maps:  # the CUDA libraries that importing torch loaded, and from where
+    paths = {line.split()[-1] for line in maps if "/nvidia/" in line and ".so" in line}
+out["loaded"] = sorted(p.split("site-packages/")[-1] for p in paths)
+libraries = {}
+for root in ("/opt", "/usr", "/app"):
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            if re.fullmatch(r"lib.*\.so(\.\d+)*", name) and not os.path.islink(os.path.join(dirpath, name)):
+                libraries.setdefault(name, []).append(dirpath)
+out["libraries"] = len(libraries)
+out["duplicates"] = {name: dirs for name, dirs in libraries.items() if len(dirs) > 1}
+out["caches"], out["compilers"] = caches, compilers
+print(json.dumps(out))
+"""
 TASK_ID = "t0000001000001abcdef1663839849"
 TRAINING = {"model": "yolov5n", "epochs": 2, "img_size": 64, "batch_size_per_gpu": 8, "num_workers_per_gpu": 1,
             "args_options": "--hyp lr0=0.001 warmup_epochs=0", "gpu_id": "", "gpu_count": 0}
@@ -43,40 +102,72 @@ MINING = {"img_size": 64, "batch_size_per_gpu": 4, "num_workers_per_gpu": 1, "co
           "gpu_id": "", "gpu_count": 0}
 
 
+@pytest.fixture(scope="module", params=["cpu"] + ([pytest.param("cu128", marks=pytest.mark.gpu_image)]
+                                                  if GPU_IMAGE else []))
+def variant(request):
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def workdir():
+def workdir(variant):
     """A folder that the container's arbitrary uid can read."""
-    with readable_tmp_dir("ymir-image-") as path:
+    with readable_tmp_dir(f"ymir-image-{variant}-") as path:
         yield path
 
 
 @pytest.fixture(scope="module")
-def engine():
+def engine(variant):
     return Engine()
 
 
 @pytest.fixture(scope="module")
-def image(engine, workdir, pytestconfig):
-    if os.environ.get("YMIR_TEST_IMAGE"):  # an image built by hand, e.g. while changing the test: used as it is
-        yield os.environ["YMIR_TEST_IMAGE"]
+def image(engine, workdir, variant, pytestconfig):
+    given = os.environ.get("YMIR_TEST_IMAGE") if variant == "cpu" else (GPU_IMAGE if GPU_IMAGE != "1" else "")
+    if given:  # an image built by hand, e.g. while changing the test: used as it is
+        yield given
         return
     run_id, size = uuid.uuid4().hex[:12], ""
-    base, name = f"localhost/ymir-test-base:{run_id}", f"localhost/ymir-yolov5-test:{run_id}"
+    base, name = f"localhost/ymir-test-base:{run_id}", f"localhost/ymir-yolov5-test:{variant}-{run_id}"
+    dockerfile, build_args = VARIANTS[variant]
     try:
         engine.local_base(base)
-        engine.timed("build", "build", "-f", "Dockerfile.cpu", "-t", name,
+        engine.timed("build", "build", "-f", dockerfile, "-t", name,
                      "--build-arg", f"BASE_IMAGE={base}", "--build-arg", "BUNDLE_WEIGHTS=0",
-                     # PyTorch's own index cannot be reached here: torch comes from the configured indexes, and
-                     # torchvision, whose CPU build only that index has, is left out (plain-torch NMS)
-                     "--build-arg", "TORCH_INDEX=", "--build-arg", "TORCHVISION_VERSION=",
-                     *engine.build_args(workdir), ".", cwd=REPO, timeout=2400)
+                     *[arg for key, value in build_args.items() for arg in ("--build-arg", f"{key}={value}")],
+                     *engine.build_args(workdir), ".", cwd=REPO, timeout=2400 if variant == "cpu" else 5400)
         yield name
         size = f", image size {int(engine('image', 'inspect', '--format', '{{.Size}}', name).stdout) / 1e6:.0f} MB"
     finally:
         engine.remove_images(name, base)
         with pytestconfig.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
-            print(f"\nimage test ({engine.name}): " + ", ".join(f"{k} {v:.0f} s" for k, v in engine.timings.items())
-                  + size)
+            print(f"\n{dockerfile} image test ({engine.name}): "
+                  + ", ".join(f"{k} {v:.0f} s" for k, v in engine.timings.items()) + size)
+
+
+def test_torch_stack_in_the_image_and_nothing_it_does_not_need(engine, image, variant, capsys):
+    """torch's build as YMIR's uid sees it without a GPU (the GPU image: CUDA 12.8, cuDNN and NCCL present, CUDA
+    not available); the NVIDIA runtime's variables; one copy of each shared library, no caches, no compilers."""
+    expected = STACKS[variant]
+    shown = engine("run", "--rm", "--network", "none", "--user", UID, image, "python3", "-c", PROBE)
+    stack = json.loads(shown.stdout.strip().splitlines()[-1])
+    with capsys.disabled():  # the numbers the README quotes
+        print(f"\n{variant} image: " + json.dumps({k: v for k, v in stack.items() if k != "duplicates"}))
+    if expected["cuda"] is None:
+        assert stack["cuda"] is None and "+cu" not in stack["torch"]
+    else:
+        assert stack["cuda"].startswith(expected["cuda"]), stack
+        assert [lib for lib in ("libcudart", "libcublas", "libcudnn", "libnccl")
+                if not any(f"/{lib}." in path for path in stack["loaded"])] == [], stack["loaded"]
+    if stack["torchvision"]:  # built for the same CUDA as torch
+        assert stack["torchvision"].partition("+")[2] == stack["torch"].partition("+")[2], stack
+    assert (stack["cudnn"] is not None) == expected["cudnn"], stack
+    assert (stack["nccl"] is not None) == expected["nccl"], stack
+    assert stack["cuda_available"] is False and stack["device_count"] == 0
+    env = dict(line.split("=", 1) for line in json.loads(
+        engine("image", "inspect", "--format", "{{json .Config.Env}}", image).stdout))
+    assert {k: v for k, v in env.items() if k.startswith("NVIDIA_")} == expected["nvidia_env"]
+    assert stack["duplicates"] == {}, stack["duplicates"]
+    assert stack["caches"] == [] and stack["compilers"] == [], stack
 
 
 def test_img_man_and_labels_as_ymir_reads_them(engine, image):

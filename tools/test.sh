@@ -5,8 +5,16 @@
 # Every step runs even when an earlier one fails; the script ends with one summary and fails if any step did.
 #   tools/test.sh --fast   the inner loop only: lint and the tests not marked slow (no whole task, training or
 #                          container), on the current torch; CI runs everything
+#   tools/test.sh --gpu-image   only the image test of Dockerfile.cu128, built here from the local base with
+#                          PyPI's CUDA 12.8 torch (about 7 GB; see README); YMIR_TEST_GPU_IMAGE=IMAGE tests a
+#                          built one instead
 set -uo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = "--gpu-image" ]; then
+  shift
+  YMIR_TEST_GPU_IMAGE=${YMIR_TEST_GPU_IMAGE:-1} exec .venv/bin/python -m pytest -q -s -m gpu_image \
+    --durations=5 tests/test_image.py "$@"
+fi
 if [ "${1:-}" = "--fast" ]; then
   shift
   .venv/bin/ruff check . && exec .venv/bin/python -m pytest -q -m "not slow" --durations=5 "$@"
