@@ -18,6 +18,7 @@ from typing import Callable, Dict, Optional, Sequence
 import numpy as np
 
 from utils.data.images import ImageReadError
+from utils.data.letterbox import long_side_size
 from utils.data.sample import Sample
 
 LOG = logging.getLogger(__name__)
@@ -27,11 +28,7 @@ FILL_THREADS = 8  # decoding releases the GIL: threads fill the cache about as f
 
 def resized_bytes(samples: Sequence[Sample], img_size: int) -> int:
     """Bytes of every sample's image resized so that its long side is img_size (3 channels of uint8)."""
-    total = 0
-    for s in samples:
-        r = img_size / max(s.width, s.height, 1)
-        total += math.ceil(s.width * r) * math.ceil(s.height * r) * 3
-    return total
+    return sum(math.prod(long_side_size(s.width, s.height, img_size)) * 3 for s in samples)
 
 
 def available_memory() -> Optional[int]:

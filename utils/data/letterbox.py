@@ -1,6 +1,7 @@
 """YOLOv5's letterbox: aspect-preserving resize and grey (114) padding to a target size."""
 from __future__ import annotations
 
+import math
 from typing import Tuple, Union
 
 import cv2
@@ -26,3 +27,9 @@ def letterbox(img: np.ndarray, new_shape: Union[int, Tuple[int, int]] = 640, aut
     left, right = int(round(dw - 0.1)), int(round(dw + 0.1))
     img = cv2.copyMakeBorder(img, top, bottom, left, right, cv2.BORDER_CONSTANT, value=color)
     return img, (r, r), (dw, dh)
+
+
+def long_side_size(width: int, height: int, img_size: int) -> Tuple[int, int]:
+    """(width, height) of an image resized so that its long side is img_size, rounded up as YOLOv5's load_image."""
+    r = img_size / max(width, height, 1)
+    return math.ceil(width * r), math.ceil(height * r)

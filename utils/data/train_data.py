@@ -14,7 +14,7 @@ from utils.boxes import xyxy_to_xywh
 from utils.data.augment import augment_hsv, flip_horizontal, flip_vertical, mosaic, random_perspective
 from utils.data.image_cache import ImageCache, build_cache
 from utils.data.images import ImageReadError, read_image
-from utils.data.letterbox import letterbox
+from utils.data.letterbox import letterbox, long_side_size
 from utils.data.letterboxed import ImageMeta
 from utils.data.sample import Sample
 
@@ -102,7 +102,7 @@ class SampleImages:
         r = self.img_size / max(img.shape[:2])
         if r != 1:
             interp = cv2.INTER_LINEAR if (self.augment or r > 1) else cv2.INTER_AREA
-            img = cv2.resize(img, (math.ceil(img.shape[1] * r), math.ceil(img.shape[0] * r)), interpolation=interp)
+            img = cv2.resize(img, long_side_size(img.shape[1], img.shape[0], self.img_size), interpolation=interp)
         return img
 
 
