@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from tests.helpers import EXIT_LIMIT, HANG_LIMIT, START, make_read_only, wait_until_gone
+from ymir.launch import free_port
 from ymir.local.demo import make_workdir
 from ymir.processes import descendants
 
@@ -19,24 +20,47 @@ def ddp_workdir(tmp_path, epochs):
                         config={"epochs": epochs, "img_size": 96, "batch_size_per_gpu": 4, "num_workers_per_gpu": 0})
 
 
-def start(work, **env):
+def start(work, out="out", **env):
     make_read_only(work / "in")
-    return subprocess.Popen([sys.executable, str(START), "--in", str(work / "in"), "--out", str(work / "out")],
+    return subprocess.Popen([sys.executable, str(START), "--in", str(work / "in"), "--out", str(work / out)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1", "YMIR_CPU_PROCESSES": "2", **env})
 
 
-def test_two_processes_train_with_identical_weights(tmp_path):
-    work = ddp_workdir(tmp_path, epochs=2)
-    proc = start(work)
+def finish(proc) -> str:
     output, _ = proc.communicate(timeout=HANG_LIMIT)
     assert proc.returncode == 0, output[-3000:]
+    return output
+
+
+def test_two_processes_train_with_identical_weights_on_one_node_or_two(tmp_path):
+    """Two processes on one node; then the same task as two nodes of one process each, as a cluster scheduler
+    starts it (two executors on this machine, PET_NNODES / PET_NODE_RANK, meeting at MASTER_ADDR:MASTER_PORT):
+    the same weights and mAP, one result.yaml written by the first node, nothing written by the second."""
+    work = ddp_workdir(tmp_path, epochs=2)
+    output = finish(start(work))
     checksums = dict(re.findall(r"rank (\d) final weights checksum (\w+)", output))
     assert set(checksums) == {"0", "1"} and checksums["0"] == checksums["1"]
     assert "batch 4 x 2" in output
     data = yaml.safe_load((work / "out" / "models" / "result.yaml").read_text())
     assert data["model_stages"]["best"]["files"] == ["best.pt", "best.onnx"]
     assert (work / "out" / "monitor.txt").read_text().strip().split("\t")[2:4] == ["1.0000", "2"]
+
+    (work / "out-node1").mkdir()  # each node's own /out, as the scheduler mounts it
+    nodes = {"PET_NNODES": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
+             "YMIR_CPU_PROCESSES": "1"}
+    node0 = start(work, "out-node0", PET_NODE_RANK="0", **nodes)
+    node1 = start(work, "out-node1", PET_NODE_RANK="1", **nodes)
+    outputs = [finish(node0), finish(node1)]
+    assert "node 0 of 2 (PET_NNODES/PET_NODE_RANK)" in outputs[0] and "this node writes /out" in outputs[0]
+    assert "node 1 of 2" in outputs[1] and "this node writes nothing there" in outputs[1]
+    assert "batch 4 x 2" in outputs[0]
+    assert dict(re.findall(r"rank (\d) final weights checksum (\w+)", "".join(outputs))) == checksums
+    two_nodes = yaml.safe_load((work / "out-node0" / "models" / "result.yaml").read_text())
+    assert two_nodes["model_stages"]["best"]["mAP"] == data["model_stages"]["best"]["mAP"]
+    assert sorted(two_nodes["model_stages"]) == sorted(data["model_stages"])
+    assert (work / "out-node0" / "monitor.txt").read_text().strip().split("\t")[2:4] == ["1.0000", "2"]
+    assert list((work / "out-node1").iterdir()) == []
 
 
 def rank_pid(root_pid, rank):

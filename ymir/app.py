@@ -23,6 +23,7 @@ from ymir.context import TaskContext
 from ymir.env import load_env
 from ymir.errors import ExecutorError, classify
 from ymir.monitor import Monitor
+from ymir.nodes import ONE_NODE, NodeGroup, leave_rank_variables, read_node_group
 from ymir.out_folder import OutFolderBusy, OutFolderLock, remove_stale_results
 from ymir.paths import PathMapper
 from ymir.processes import SUPERVISOR_ENV, stop_when_orphaned, terminate_descendants
@@ -89,21 +90,26 @@ def main(argv: Optional[List[str]] = None) -> int:
     rank = os.environ.get(SUPERVISOR_ENV)
     if rank:  # a rank under torchrun
         stop_when_orphaned()
+        nodes = ONE_NODE
+    else:  # the executor's own process: which node of how many (one, unless a cluster scheduler says otherwise)
+        nodes = read_node_group(os.environ)
+        leave_rank_variables(os.environ)
+    writes_out = not rank and nodes.is_first  # every other process leaves /out to global rank 0 and this one
     mapper = PathMapper(args.in_dir, args.out_dir)
     if not mapper.env_file.exists() and not mapper.out_root.is_dir():  # not in YMIR's container: write nothing
         print(f"ymir-yolov5: no task here ({mapper.env_file} does not exist and {mapper.out_root} is not a folder): "
               "run it inside the image as YMIR does, or give a task folder with --in IN --out OUT", flush=True)
         return 2
     try:
-        lock = None if rank else lock_out_folder(mapper)
+        lock = lock_out_folder(mapper) if writes_out else None
     except OutFolderBusy as exc:  # monitor.txt and the log are the other run's: not a word written to them
         print(f"ymir-yolov5 did not start: {exc}", flush=True)
         return 1
     try:
         with contextlib.ExitStack() as stack:
-            if args.out_dir and not rank:
+            if args.out_dir and writes_out:
                 copy_console(mapper, stack)
-            return run_task(mapper, owner=not rank)
+            return run_task(mapper, owner=writes_out, nodes=nodes)
     finally:
         if lock is not None:
             lock.close()
@@ -132,18 +138,21 @@ def lock_out_folder(mapper: PathMapper) -> Optional[OutFolderLock]:
         return None
 
 
-def run_task(mapper: PathMapper, owner: bool = True) -> int:
-    """`owner`: this process started the run (not a rank under torchrun): it clears an earlier run's results."""
-    # under torchrun only rank 0 reports progress
-    monitor = Monitor(mapper.output.monitor_file, task_id="unknown-task", enabled=is_main_process())
+def run_task(mapper: PathMapper, owner: bool = True, nodes: NodeGroup = ONE_NODE) -> int:
+    """`owner`: this process started the run on the first node (not a rank under torchrun): it clears an earlier
+    run's results. `nodes`: the machines the task spans (ymir.nodes)."""
+    # under torchrun only rank 0 reports progress; on the other nodes nothing does
+    monitor = Monitor(mapper.output.monitor_file, task_id="unknown-task",
+                      enabled=is_main_process() and nodes.is_first)
     try:
         env = load_env(mapper)
         monitor.task_id = env.task_id
         monitor.progress(0.0, force=True)
+        nodes.check()
         if owner:
             remove_stale_results(mapper.output)
         config = load_config(env, mapper)
-        run(TaskContext(env=env, config=config, mapper=mapper, monitor=monitor))
+        run(TaskContext(env=env, config=config, mapper=mapper, monitor=monitor, nodes=nodes))
         LOG.info("task %s finished", env.task_id)
         return 0
     except BaseException as exc:  # the one place where every failure ends

@@ -40,11 +40,16 @@ class RankFailed(ExecutorError):
 
 def run_distributed(ctx: TaskContext, processes: int = 0) -> None:
     processes = processes or len(ctx.config.platform.gpu_ids)
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}", "--nnodes=1",
-               "--master_addr=127.0.0.1", f"--master_port={free_port()}", "--max_restarts=0",
-               str(START), "--in", str(ctx.mapper.in_root), "--out", str(ctx.mapper.out_root)]
+    nodes = ctx.nodes
+    rendezvous = nodes.torchrun_arguments() if nodes.nnodes > 1 else \
+        ("--nnodes=1", "--master_addr=127.0.0.1", f"--master_port={free_port()}")
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}", *rendezvous,
+               "--max_restarts=0", str(START), "--in", str(ctx.mapper.in_root), "--out", str(ctx.mapper.out_root)]
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), PYTHONUNBUFFERED="1",
                **{SUPERVISOR_ENV: str(os.getpid())})
+    if nodes.nnodes > 1:
+        LOG.info("%s; %s", nodes.describe(), "this node writes /out" if nodes.is_first else
+                 "global rank 0 on the first node writes /out: this node writes nothing there")
     LOG.info("starting %d processes: %s", processes, " ".join(command))
     launcher = subprocess.Popen(command, env=env)
     try:
@@ -53,7 +58,12 @@ def run_distributed(ctx: TaskContext, processes: int = 0) -> None:
         terminate_tree(launcher.pid)
         raise
     if code != 0:
+        if not nodes.is_first:  # rank 0's diagnosis is on the first node
+            raise ExecutorError(f"a process of the task failed and the group was stopped (torchrun exit code {code})"
+                                f"; {nodes.describe()}: the first node's log says why")
         raise _rank_error(ctx.env.output.monitor_file, code)
+    if not nodes.is_first:
+        return
     ctx.monitor.percent = max(ctx.monitor.percent, 0.99)  # rank 0 reported progress; the supervisor finishes
     finished = read_monitor_line(ctx.env.output.monitor_file)
     if finished is not None and finished.state == STATE_RUNNING and finished.message:

@@ -26,9 +26,9 @@ def wanted_processes(gpu_ids: Sequence[int]) -> int:
     return len(gpu_ids) if gpu_ids else max(1, int(os.environ.get(CPU_PROCESSES_ENV, "1")))
 
 
-def needs_launch(gpu_ids: Sequence[int]) -> bool:
-    """True in the first process of a task that runs as several processes."""
-    return wanted_processes(gpu_ids) > 1 and rank_and_world()[1] == 1
+def needs_launch(gpu_ids: Sequence[int], nnodes: int = 1) -> bool:
+    """True in the first process of a task that runs as several processes, on one node or several."""
+    return (wanted_processes(gpu_ids) > 1 or nnodes > 1) and rank_and_world()[1] == 1
 
 
 @contextlib.contextmanager
@@ -51,7 +51,7 @@ def run_in_processes(ctx: TaskContext, timeout: datetime.timedelta, task: Callab
     (ymir.launch); each process, or the only one, runs `task` on its device inside the process group (`timeout`
     bounds how long the ranks wait for each other)."""
     gpu_ids = ctx.config.platform.gpu_ids
-    if needs_launch(gpu_ids):
+    if needs_launch(gpu_ids, ctx.nodes.nnodes):
         run_distributed(ctx, wanted_processes(gpu_ids))
         return
     device = select_device(gpu_ids)

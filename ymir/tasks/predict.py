@@ -72,6 +72,9 @@ def run_mining_and_inference(ctx: TaskContext) -> None:
     if config.infer is not None:
         check_distinct_names(candidates)
     if config.mining and not ALGORITHMS[config.mining.mining_algorithm].needs_model and config.infer is None:
+        if not ctx.nodes.is_first:  # one process ranks the pool without a model: the first node's
+            LOG.info("%s: the first node ranks the pool; nothing to do here", ctx.nodes.describe())
+            return
         scorer = make_scorer(ScorerInputs(config.mining, len(candidates), None, 0, None))  # scores the whole pool
         order = np.argsort(-np.asarray(scorer.scores, dtype=np.float64), kind="stable")
         write_mining_result(env.output.mining_result_file,
