@@ -4,6 +4,8 @@
                                              one H200; not yet timed there)
     bash tools/gpu_check.sh --dry-run        anywhere: every step at toy sizes on the CPU; CUDA-only steps are
                                              skipped, saying what they would measure
+    bash tools/gpu_check.sh --image IMAGE    either of the above inside a built image (its Python and packages):
+                                             proves the stack users pull, not only a development venv's
 
 Correctness: a training task and a mining + inference task through start.py on the GPU (gpu_id '0', loader
 workers, pinned memory); CUDA inference against CPU inference on the trained weights (fp32 with TF32 off, the
@@ -228,7 +230,9 @@ class GpuCheck:
         self.original = None
 
     def environment(self, rec):
-        rec.update(python=platform.python_version(), torch=torch.__version__, cpus=os.cpu_count(),
+        rec.update(python=platform.python_version(), python_executable=sys.executable,
+                   image=os.environ.get("GPU_CHECK_IMAGE", "none: this machine's own Python"),
+                   torch=torch.__version__, torch_cuda=torch.version.cuda, cpus=os.cpu_count(),
                    cuda_available=torch.cuda.is_available())
         if torch.cuda.is_available():
             props = torch.cuda.get_device_properties(0)

@@ -19,8 +19,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import uuid
 from pathlib import Path
+from typing import Tuple
 
 import pytest
 import torch
@@ -28,6 +30,7 @@ import yaml
 
 from models.yolo import DetectionModel
 from tests.helpers import (
+    HANG_LIMIT,
     REPO,
     YMIR_CMD_VERSIONS,
     make_media,
@@ -53,9 +56,12 @@ VARIANTS = {
 GPU_IMAGE = os.environ.get("YMIR_TEST_GPU_IMAGE", "")  # "1": build it; another value: the image to test
 # What torch in each image was built with, and the NVIDIA runtime's variables (only the GPU image sets them)
 STACKS = {
-    "cpu": {"cuda": None, "cudnn": False, "nccl": False, "nvidia_env": {}},
-    "cu128": {"cuda": "12.8", "cudnn": True, "nccl": True,
-              "nvidia_env": {"NVIDIA_VISIBLE_DEVICES": "all", "NVIDIA_DRIVER_CAPABILITIES": "compute,utility"}},
+    "cpu": {"torch": "2.13.0+cpu", "cuda": None, "cudnn": False, "nccl": False, "nvidia_env": {},
+            "cpu_line": "running on the CPU: config gpu_id is empty and this torch (2.13.0+cpu) is a CPU-only build"},
+    "cu128": {"torch": "2.9.1+cu128", "cuda": "12.8", "cudnn": True, "nccl": True,
+              "nvidia_env": {"NVIDIA_VISIBLE_DEVICES": "all", "NVIDIA_DRIVER_CAPABILITIES": "compute,utility"},
+              "cpu_line": "running on the CPU: config gpu_id is empty; torch 2.9.1+cu128 is built with CUDA 12.8 but "
+                          "CUDA is not available here (no GPU or driver visible)"},
 }
 # Inside the image, as YMIR's uid with no network: torch's build, what it loaded, and what the image should not hold
 PROBE = r"""
@@ -152,6 +158,7 @@ def test_torch_stack_in_the_image_and_nothing_it_does_not_need(engine, image, va
     stack = json.loads(shown.stdout.strip().splitlines()[-1])
     with capsys.disabled():  # the numbers the README quotes
         print(f"\n{variant} image: " + json.dumps({k: v for k, v in stack.items() if k != "duplicates"}))
+    assert stack["torch"] == expected["torch"]
     if expected["cuda"] is None:
         assert stack["cuda"] is None and "+cu" not in stack["torch"]
     else:
@@ -199,9 +206,9 @@ def platform_in(root: Path, task: str, assets, executor_config: dict, **extra) -
     return in_dir
 
 
-def run_as_ymir(engine, image, root: Path, step: str, *mounts: str):
+def run_as_ymir(engine, image, root: Path, step: str, *mounts: str) -> Tuple[Path, str]:
     """The default command, as the platform starts it: /in read-only, /out writable, any uid, no network, and
-    the platform's other mounts (the targets of the links it placed in /in)."""
+    the platform's other mounts (the targets of the links it placed in /in). Returns /out and the console."""
     in_dir, out_dir = root / "in", root / "out"
     out_dir.mkdir()
     os.chmod(out_dir, 0o777)
@@ -216,10 +223,10 @@ def run_as_ymir(engine, image, root: Path, step: str, *mounts: str):
     # done: running (2) at 100 %; the platform itself writes state 3 once it has packed the results
     assert (monitor["task_id"], monitor["state"], monitor["percent"]) == (TASK_ID, 2, 1.0)
     assert {p.stat().st_uid for p in out_dir.rglob("*")} == {int(UID.split(":")[0])}
-    return out_dir
+    return out_dir, result.stdout + result.stderr
 
 
-def test_image_trains_then_mines_and_infers_as_ymir_runs_it(engine, image, workdir):
+def test_image_trains_then_mines_and_infers_as_ymir_runs_it(engine, image, workdir, variant):
     media = workdir / "media"
     assets = make_media(media, 24, seed=0)
     template = yaml.safe_load(engine("run", "--rm", "--network", "none", image, "cat",
@@ -235,7 +242,8 @@ def test_image_trains_then_mines_and_infers_as_ymir_runs_it(engine, image, workd
             conv.bias.view(eager.detect.na, -1)[:, 4] += 5.0
     (in_dir / "models" / "earlier").mkdir(parents=True)
     save_checkpoint(in_dir / "models" / "earlier" / "best.pt", eager, list(CLASS_NAMES))
-    trained = run_as_ymir(engine, image, train, "training task")
+    trained, console = run_as_ymir(engine, image, train, "training task")
+    assert STACKS[variant]["cpu_line"] in console  # why a GPU image runs on the CPU, in one line
 
     handed_over = workdir / "mine"
     for version in YMIR_CMD_VERSIONS:  # the platform packs the model; its best stage is what a later task gets
@@ -253,7 +261,9 @@ def test_image_trains_then_mines_and_infers_as_ymir_runs_it(engine, image, workd
     # and mounts the store where the links lead
     first = (in_dir / "candidate-index.tsv").read_text().split()[0]
     media_in_container = os.path.normpath(first).rsplit("/", 2)[0]
-    out_dir = run_as_ymir(engine, image, handed_over, "mining + inference task", f"{media}:{media_in_container}:ro")
+    out_dir, console = run_as_ymir(engine, image, handed_over, "mining + inference task",
+                                   f"{media}:{media_in_container}:ro")
+    assert STACKS[variant]["cpu_line"] in console
 
     ids = sorted(a["sha1"] for a in candidates)
     detection = json.loads((out_dir / "infer-result.json").read_text())["detection"]
@@ -270,3 +280,20 @@ def test_image_trains_then_mines_and_infers_as_ymir_runs_it(engine, image, workd
         assert all(b["class_name"] in CLASS_NAMES and 0 <= b["score"] <= 1 for b in boxes)
     scores = [float(line.split("\t")[1]) for line in (out_dir / "result.tsv").read_text().splitlines()]
     assert len(scores) == len(candidates) and min(scores) >= 0  # every candidate read and scored
+
+
+def test_the_gpu_check_runs_inside_the_image(engine, image, variant, workdir):
+    """tools/gpu_check.sh --image: the prepared GPU check run by the image's own Python, torch and packages (here
+    its dry run, without a GPU), with no network; its report names the image and the image's torch."""
+    out = workdir / "gpu-check"
+    proc = subprocess.run(["bash", str(REPO / "tools/gpu_check.sh"), "--image", image, "--dry-run", "--out", str(out)],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=HANG_LIMIT,
+                          env=dict(os.environ, GPU_CHECK_ENGINE=" ".join(engine.command)))
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    steps = {s["name"]: s for s in json.loads((out / "gpu-check.json").read_text())["steps"]}
+    environment = steps["environment"]["figures"]
+    assert environment["image"] == image and environment["python_executable"].startswith("/opt/venv/")
+    assert environment["torch"] == STACKS[variant]["torch"] and environment["cuda_available"] is False
+    assert str(environment["torch_cuda"]).startswith(str(STACKS[variant]["cuda"]))
+    assert all(s["status"] == "ok" for name, s in steps.items() if name != "GPU memory"), steps
+    assert steps["training task"]["figures"]["files"] == ["best.pt", "best.onnx"]

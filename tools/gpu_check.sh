@@ -6,11 +6,45 @@
 #                                                .cache/gpu-wheels (about 25 MB), which the run carries along
 #   bash tools/gpu_check.sh [--out DIR]          on the GPU machine (its own python3, torch and CUDA)
 #   bash tools/gpu_check.sh --dry-run [--out DIR]  anywhere: every step at toy sizes on the CPU (CI runs this)
+#   bash tools/gpu_check.sh --image IMAGE [--dry-run] [--out DIR]
+#                                                the same check inside a built image (Dockerfile.cu128's, say): its
+#                                                Python, torch and packages, with this checkout's bench/ and this
+#                                                script mounted read-only, as this user, no network, every GPU
+#                                                (docker --gpus all; podman through CDI). GPU_CHECK_ENGINE picks the
+#                                                engine command (default: docker if its daemon answers, else podman)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=.cache/gpu-wheels
 PY=python3
 [ -x .venv/bin/python ] && PY=.venv/bin/python
+
+if [ "${1:-}" = "--image" ]; then
+  image=${2:?--image needs the name of a built image}
+  shift 2
+  engine=${GPU_CHECK_ENGINE:-}
+  if [ -z "$engine" ]; then
+    if command -v docker > /dev/null && docker info > /dev/null 2>&1; then engine=docker; else engine=podman; fi
+  fi
+  out=gpu-check
+  args=()
+  gpus=(--gpus all)
+  [[ $engine == *podman* ]] && gpus=(--device nvidia.com/gpu=all)
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --out) out=${2:?--out needs a folder}; shift 2 ;;
+      --dry-run) args+=(--dry-run); gpus=(); shift ;;
+      *) args+=("$1"); shift ;;
+    esac
+  done
+  mkdir -p "$out"
+  out=$(cd "$out" && pwd)
+  mounts=(-v "$PWD/bench:/app/bench:ro" -v "$PWD/tools/gpu_check.sh:/app/tools/gpu_check.sh:ro" -v "$out:/gpu-check")
+  [ -d "$WHEELS" ] && mounts+=(-v "$PWD/$WHEELS:/app/$WHEELS:ro")
+  echo "gpu_check: in $image ($engine)"
+  # shellcheck disable=SC2086  # GPU_CHECK_ENGINE may hold the engine's own options
+  exec $engine run --rm --network none --user "$(id -u):$(id -g)" -e GPU_CHECK_IMAGE="$image" "${gpus[@]}" \
+    "${mounts[@]}" "$image" bash /app/tools/gpu_check.sh --out /gpu-check "${args[@]}"
+fi
 
 if [ "${1:-}" = "--prepare" ]; then
   # pinned; for CPython 3.12 on x86-64 Linux, the GPU machine's Python
