@@ -1,10 +1,11 @@
 """Augmentations keep boxes on the pixels they describe (images with drawn boxes)."""
 import numpy as np
 import pytest
+import torch
 
 from utils.data.augment import flip_horizontal, flip_vertical, mosaic, random_perspective
 from utils.data.sample import Sample
-from utils.data.train_data import TrainImages, ValImages, normalised_xywh
+from utils.data.train_data import TrainImages, ValImages, normalised_xywh, to_chw_rgb
 from utils.hyperparameters import SCRATCH_LOW
 
 COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]
@@ -119,3 +120,53 @@ def test_validation_items_keep_labels_in_original_pixels(tmp_path):
 def test_normalised_labels():
     out = normalised_xywh(np.array([[2, 10, 20, 30, 60]]), 100, 200)
     np.testing.assert_allclose(out, [[0, 2, 0.2, 0.2, 0.2, 0.2]])
+
+
+def numpy_flip_horizontal(img, labels):
+    out = labels.copy()
+    out[:, 1], out[:, 3] = img.shape[1] - labels[:, 3], img.shape[1] - labels[:, 1]
+    return np.ascontiguousarray(img[:, ::-1]), out
+
+
+def numpy_flip_vertical(img, labels):
+    out = labels.copy()
+    out[:, 2], out[:, 4] = img.shape[0] - labels[:, 4], img.shape[0] - labels[:, 2]
+    return np.ascontiguousarray(img[::-1]), out
+
+
+def numpy_chw_rgb(img):
+    return torch.from_numpy(np.ascontiguousarray(img[..., ::-1].transpose(2, 0, 1)))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 5), (480, 640), (641, 333)])
+def test_the_fast_flips_and_layout_are_the_plain_numpy_forms(shape):
+    img = np.random.default_rng(shape[0]).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    labels = np.array([[1, 0.5, 0.25, 3.0, 4.0]])
+    for fast, plain in ((flip_horizontal, numpy_flip_horizontal), (flip_vertical, numpy_flip_vertical)):
+        (a, la), (b, lb) = fast(img, labels), plain(img, labels)
+        assert np.array_equal(a, b) and a.flags.c_contiguous and np.array_equal(la, lb)
+    chw = to_chw_rgb(img)
+    assert torch.equal(chw, numpy_chw_rgb(img)) and chw.is_contiguous()
+    assert torch.equal(to_chw_rgb(img[::2]), numpy_chw_rgb(img[::2]))  # a strided view too
+
+
+def test_a_fixed_batch_is_what_the_plain_numpy_pipeline_gives(tmp_path, monkeypatch):
+    """Eight training items over two epochs (mosaic, perspective, HSV, both flips at probability 0.5) through the
+    loader's fast forms and through the plain numpy forms they replaced: equal, pixel for pixel."""
+    import utils.data.train_data as train_data
+
+    samples = [write_sample(tmp_path, f"s{i}", (90 + 10 * i, 120), [(10, 10, 50, 40), (60, 50, 110, 85)])
+               for i in range(4)]
+    hyp = dict(SCRATCH_LOW, flipud=0.5)
+
+    def items():
+        dataset = TrainImages(samples, 128, hyp, seed=3)
+        return [dataset[(epoch, index)] for epoch in (0, 1) for index in range(4)]
+
+    fast = items()
+    monkeypatch.setattr(train_data, "flip_horizontal", numpy_flip_horizontal)
+    monkeypatch.setattr(train_data, "flip_vertical", numpy_flip_vertical)
+    monkeypatch.setattr(train_data, "to_chw_rgb", numpy_chw_rgb)
+    plain = items()
+    for (img_a, lab_a), (img_b, lab_b) in zip(fast, plain):
+        assert torch.equal(img_a, img_b) and torch.equal(lab_a, lab_b)
