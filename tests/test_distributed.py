@@ -20,15 +20,19 @@ def ddp_workdir(tmp_path, epochs):
                         config={"epochs": epochs, "img_size": 96, "batch_size_per_gpu": 4, "num_workers_per_gpu": 0})
 
 
-def start(work, out="out", **env):
+def start(work, out="out", console=None, **env):
+    """start.py on the task folder; its console on a pipe, or in the file `console` (processes that wait for each
+    other must not wait on a full pipe that nobody reads)."""
     make_read_only(work / "in")
     return subprocess.Popen([sys.executable, str(START), "--in", str(work / "in"), "--out", str(work / out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            stdout=subprocess.PIPE if console is None else console.open("w"),
+                            stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1", "YMIR_CPU_PROCESSES": "2", **env})
 
 
-def finish(proc) -> str:
+def finish(proc, console=None) -> str:
     output, _ = proc.communicate(timeout=HANG_LIMIT)
+    output = output if console is None else console.read_text()
     assert proc.returncode == 0, output[-3000:]
     return output
 
@@ -49,9 +53,10 @@ def test_two_processes_train_with_identical_weights_on_one_node_or_two(tmp_path)
     (work / "out-node1").mkdir()  # each node's own /out, as the scheduler mounts it
     nodes = {"PET_NNODES": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
              "YMIR_CPU_PROCESSES": "1"}
-    node0 = start(work, "out-node0", PET_NODE_RANK="0", **nodes)
-    node1 = start(work, "out-node1", PET_NODE_RANK="1", **nodes)
-    outputs = [finish(node0), finish(node1)]
+    consoles = [tmp_path / "node0.log", tmp_path / "node1.log"]
+    node0 = start(work, "out-node0", consoles[0], PET_NODE_RANK="0", **nodes)
+    node1 = start(work, "out-node1", consoles[1], PET_NODE_RANK="1", **nodes)
+    outputs = [finish(node0, consoles[0]), finish(node1, consoles[1])]
     assert "node 0 of 2 (PET_NNODES/PET_NODE_RANK)" in outputs[0] and "this node writes /out" in outputs[0]
     assert "node 1 of 2" in outputs[1] and "this node writes nothing there" in outputs[1]
     assert "batch 4 x 2" in outputs[0]

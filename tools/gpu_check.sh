@@ -18,32 +18,47 @@ WHEELS=.cache/gpu-wheels
 PY=python3
 [ -x .venv/bin/python ] && PY=.venv/bin/python
 
-if [ "${1:-}" = "--image" ]; then
-  image=${2:?--image needs the name of a built image}
-  shift 2
-  engine=${GPU_CHECK_ENGINE:-}
-  if [ -z "$engine" ]; then
-    if command -v docker > /dev/null && docker info > /dev/null 2>&1; then engine=docker; else engine=podman; fi
+image=
+for ((i = 1; i <= $#; i++)); do
+  if [ "${!i}" = "--image" ]; then next=$((i + 1)); image=${!next:-}; break; fi
+done
+if [ -n "$image" ]; then
+  engine=()
+  if [ -n "${GPU_CHECK_ENGINE:-}" ]; then
+    read -r -a engine <<< "$GPU_CHECK_ENGINE"
+  elif command -v docker > /dev/null && docker info > /dev/null 2>&1; then
+    engine=(docker)
+  elif command -v podman > /dev/null; then
+    engine=(podman)
+  else
+    echo "gpu_check: --image needs docker (with its daemon running) or podman, or GPU_CHECK_ENGINE" >&2
+    exit 2
   fi
   out=gpu-check
   args=()
   gpus=(--gpus all)
-  [[ $engine == *podman* ]] && gpus=(--device nvidia.com/gpu=all)
+  users=(--user "$(id -u):$(id -g)")
+  if [[ ${engine[0]} == *podman* ]]; then
+    gpus=(--device nvidia.com/gpu=all)
+    # rootless podman maps this uid to itself only when asked
+    [ "$(id -u)" != 0 ] && users+=(--userns=keep-id)
+  fi
   while [ $# -gt 0 ]; do
     case $1 in
+      --image) shift 2 ;;
       --out) out=${2:?--out needs a folder}; shift 2 ;;
       --dry-run) args+=(--dry-run); gpus=(); shift ;;
       *) args+=("$1"); shift ;;
     esac
   done
   mkdir -p "$out"
-  out=$(cd "$out" && pwd)
+  out=$(CDPATH='' cd -- "$out" && pwd)
   mounts=(-v "$PWD/bench:/app/bench:ro" -v "$PWD/tools/gpu_check.sh:/app/tools/gpu_check.sh:ro" -v "$out:/gpu-check")
   [ -d "$WHEELS" ] && mounts+=(-v "$PWD/$WHEELS:/app/$WHEELS:ro")
-  echo "gpu_check: in $image ($engine)"
-  # shellcheck disable=SC2086  # GPU_CHECK_ENGINE may hold the engine's own options
-  exec $engine run --rm --network none --user "$(id -u):$(id -g)" -e GPU_CHECK_IMAGE="$image" "${gpus[@]}" \
-    "${mounts[@]}" "$image" bash /app/tools/gpu_check.sh --out /gpu-check "${args[@]}"
+  echo "gpu_check: in $image (${engine[*]})"
+  # --shm-size: the loader's workers hand batches over in shared memory (the engines' default is 64 MB)
+  exec "${engine[@]}" run --rm --network none --shm-size 16g "${users[@]}" -e GPU_CHECK_IMAGE="$image" \
+    ${gpus[@]+"${gpus[@]}"} "${mounts[@]}" "$image" bash /app/tools/gpu_check.sh --out /gpu-check ${args[@]+"${args[@]}"}
 fi
 
 if [ "${1:-}" = "--prepare" ]; then
@@ -64,14 +79,25 @@ trap 'rm -rf "$SITE"' EXIT
 if compgen -G "$WHEELS/*.whl" > /dev/null; then
   $PY - "$SITE" "$WHEELS"/*.whl <<'PY'
 import importlib.metadata, re, sys, zipfile
+try:
+    from packaging.tags import sys_tags
+except ImportError:
+    from pip._vendor.packaging.tags import sys_tags
+supported = {str(tag) for tag in sys_tags()}
 site, wheels = sys.argv[1], sys.argv[2:]
 for wheel in wheels:
-    name = re.split(r"-\d", wheel.rsplit("/", 1)[-1], maxsplit=1)[0]
+    file = wheel.rsplit("/", 1)[-1]
+    name = re.split(r"-\d", file, maxsplit=1)[0]
+    python, abi, platform = file[:-len(".whl")].split("-")[-3:]
+    if not any(f"{i}-{a}-{p}" in supported for i in python.split(".") for a in abi.split(".")
+               for p in platform.split(".")):
+        print(f"gpu_check: {file} is not built for this Python: left out")
+        continue
     try:
         importlib.metadata.distribution(name)
     except importlib.metadata.PackageNotFoundError:
         zipfile.ZipFile(wheel).extractall(site)
-        print(f"gpu_check: using the carried {wheel.rsplit('/', 1)[-1]}")
+        print(f"gpu_check: using the carried {file}")
 PY
   export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 fi

@@ -20,7 +20,7 @@ def select_device(gpu_ids: Sequence[int]) -> torch.device:
     """
     if not gpu_ids:
         if is_main_process():
-            LOG.info(cpu_reason())
+            LOG.info("%s", cpu_reason())
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise NoGpuError(f"config gpu_id asks for GPU(s) {list(gpu_ids)} but CUDA sees no GPU")

@@ -15,10 +15,12 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Dict, List, Mapping, Tuple
 
 from ymir.context import TaskContext
 from ymir.errors import UNKNOWN_ERROR, ExecutorError
 from ymir.monitor import STATE_ERROR, STATE_RUNNING, read_monitor_line
+from ymir.nodes import NodeGroup
 from ymir.processes import SUPERVISOR_ENV, terminate_tree
 
 LOG = logging.getLogger(__name__)
@@ -38,15 +40,26 @@ class RankFailed(ExecutorError):
         self.code = code
 
 
+def torchrun_command(nodes: NodeGroup, processes: int, in_root: Path, out_root: Path,
+                     environ: Mapping[str, str]) -> Tuple[List[str], Dict[str, str]]:
+    """torchrun's command and environment: every rendezvous setting on the command line, and none of torchrun's
+    PET_* variables, which would be the defaults of the settings not given (a c10d backend that ignores the node
+    rank, a standalone rendezvous, redirected output): the scheduler's PET_* were read into `nodes` already."""
+    rendezvous = nodes.torchrun_arguments() if nodes.nnodes > 1 else \
+        ("--rdzv_backend=static", "--nnodes=1", "--node_rank=0", "--master_addr=127.0.0.1",
+         f"--master_port={free_port()}")
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}", *rendezvous,
+               "--max_restarts=0", str(START), "--in", str(in_root), "--out", str(out_root)]
+    env = {k: v for k, v in environ.items() if not k.startswith("PET_")}
+    env.update(OMP_NUM_THREADS=environ.get("OMP_NUM_THREADS", "1"), PYTHONUNBUFFERED="1",
+               **{SUPERVISOR_ENV: str(os.getpid())})
+    return command, env
+
+
 def run_distributed(ctx: TaskContext, processes: int = 0) -> None:
     processes = processes or len(ctx.config.platform.gpu_ids)
     nodes = ctx.nodes
-    rendezvous = nodes.torchrun_arguments() if nodes.nnodes > 1 else \
-        ("--nnodes=1", "--master_addr=127.0.0.1", f"--master_port={free_port()}")
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}", *rendezvous,
-               "--max_restarts=0", str(START), "--in", str(ctx.mapper.in_root), "--out", str(ctx.mapper.out_root)]
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), PYTHONUNBUFFERED="1",
-               **{SUPERVISOR_ENV: str(os.getpid())})
+    command, env = torchrun_command(nodes, processes, ctx.mapper.in_root, ctx.mapper.out_root, os.environ)
     if nodes.nnodes > 1:
         LOG.info("%s; %s", nodes.describe(), "this node writes /out" if nodes.is_first else
                  "global rank 0 on the first node writes /out: this node writes nothing there")
@@ -58,10 +71,11 @@ def run_distributed(ctx: TaskContext, processes: int = 0) -> None:
         terminate_tree(launcher.pid)
         raise
     if code != 0:
-        if not nodes.is_first:  # rank 0's diagnosis is on the first node
+        if not nodes.is_first:  # rank 0's diagnosis, if it has one, is on the first node
             raise ExecutorError(f"a process of the task failed and the group was stopped (torchrun exit code {code})"
-                                f"; {nodes.describe()}: the first node's log says why")
-        raise _rank_error(ctx.env.output.monitor_file, code)
+                                f"; {nodes.describe()}: see this node's log above and the other nodes' logs (a node "
+                                "that did not join within 10 minutes, or went away, stops the group too)")
+        raise _rank_error(ctx.env.output.monitor_file, code, nodes.nnodes)
     if not nodes.is_first:
         return
     ctx.monitor.percent = max(ctx.monitor.percent, 0.99)  # rank 0 reported progress; the supervisor finishes
@@ -70,7 +84,7 @@ def run_distributed(ctx: TaskContext, processes: int = 0) -> None:
         ctx.monitor.message = finished.message  # rank 0's note (e.g. mining cannot rank) stays in the last line
 
 
-def _rank_error(monitor_file: Path, exit_code: int) -> ExecutorError:
+def _rank_error(monitor_file: Path, exit_code: int, nnodes: int = 1) -> ExecutorError:
     """Rank 0's own diagnosis when it has one (a config, data, model, memory or NaN error); otherwise the group's
     failure, with what rank 0 saw (often only that a peer went away)."""
     seen = ""
@@ -80,5 +94,7 @@ def _rank_error(monitor_file: Path, exit_code: int) -> ExecutorError:
         if line.code != UNKNOWN_ERROR:
             return RankFailed(line.code, line.message)
         seen = f"; rank 0 reported: {line.message}"
+    others = f"; one of the {nnodes} nodes may have failed or not joined within 10 minutes: see every node's log" \
+        if nnodes > 1 else ""
     return ExecutorError(f"a process of the task failed and the group was stopped (torchrun exit code {exit_code})"
-                         f"{seen}")
+                         f"{seen}{others}")

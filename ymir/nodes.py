@@ -7,21 +7,26 @@ Global rank 0, on the first node, is the one process that writes /out; the other
 The topology is read from the environment the schedulers set, first match wins:
 - torchrun's own variables, as Kubeflow's PyTorchJob (with nprocPerNode) and hand-written launch scripts give
   them: PET_NNODES, PET_NODE_RANK, and PET_MASTER_ADDR / PET_MASTER_PORT or PET_RDZV_ENDPOINT=host:port;
-- Slurm: SLURM_NNODES and SLURM_NODEID, with MASTER_ADDR / MASTER_PORT set by the job script;
+- Slurm, one task per node (`srun --ntasks-per-node=1`): SLURM_NNODES and SLURM_NODEID, with MASTER_ADDR /
+  MASTER_PORT set by the job script (a step with more tasks than nodes would start several executors per node);
 - one process per pod (Kubeflow's PyTorchJob without nprocPerNode): WORLD_SIZE pods, this one RANK, at
   MASTER_ADDR / MASTER_PORT. Those variables then describe nodes, not torch processes: the executor starts its
   own ranks (`leave_rank_variables`).
 MASTER_ADDR / MASTER_PORT complete the first two where their own address is missing. Not from `args_options`:
-every node reads the same config.yaml, and a node's rank is its own.
+every node reads the same config.yaml, and a node's rank is its own. The nodes wait up to 10 minutes for each
+other (torchrun's static rendezvous).
 """
 from __future__ import annotations
 
+import ipaddress
+import re
 from dataclasses import dataclass
-from typing import Dict, Mapping, MutableMapping, Optional, Tuple
+from typing import Dict, Mapping, MutableMapping, Tuple
 
 from ymir.errors import ConfigError
 
 MAX_NODES = 4096
+HOST = re.compile(r"[A-Za-z0-9_.:-]+")  # what torch's rendezvous accepts as a host (':' only in IPv6 addresses)
 # What torchrun sets for each process it starts; in the executor's own first process they are the scheduler's
 RANK_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
                   "ROLE_RANK", "ROLE_WORLD_SIZE", "ROLE_NAME", "TORCHELASTIC_RUN_ID")
@@ -46,69 +51,93 @@ class NodeGroup:
             raise ConfigError(self.problem)
 
     def torchrun_arguments(self) -> Tuple[str, ...]:
-        """torchrun's rendezvous for this node (one node: the caller picks a free loopback port)."""
-        return (f"--nnodes={self.nnodes}", f"--node_rank={self.node_rank}", f"--master_addr={self.master_addr}",
-                f"--master_port={self.master_port}")
+        """torchrun's static rendezvous for this node, every setting explicit (one node: the caller picks a free
+        loopback port)."""
+        return ("--rdzv_backend=static", f"--nnodes={self.nnodes}", f"--node_rank={self.node_rank}",
+                f"--master_addr={self.master_addr}", f"--master_port={self.master_port}")
 
     def describe(self) -> str:
-        return f"node {self.node_rank} of {self.nnodes} ({self.source}), rendezvous at " \
-               f"{self.master_addr}:{self.master_port}"
+        host = f"[{self.master_addr}]" if ":" in self.master_addr else self.master_addr
+        return f"node {self.node_rank} of {self.nnodes} ({self.source}), rendezvous at {host}:{self.master_port}"
 
 
 ONE_NODE = NodeGroup()
 
 
 def read_node_group(environ: Mapping[str, str]) -> NodeGroup:
-    """The topology the environment describes (see the module's text); a bad one comes back with `problem` set."""
+    """The topology the environment describes (see the module's text); a bad one comes back with `problem` set,
+    as the first node when its own rank cannot be read as another (that node alone reports to /out)."""
     if "TORCHELASTIC_RUN_ID" in environ or "LOCAL_RANK" in environ:
-        return NodeGroup(problem="start.py was started by torchrun (LOCAL_RANK is set): it starts torchrun itself; "
-                                 "start it once per node, with PET_NNODES, PET_NODE_RANK, MASTER_ADDR and MASTER_PORT")
+        return NodeGroup(problem="LOCAL_RANK is set (torchrun or a launch script sets it for each process): "
+                                 "start.py starts torchrun itself; start it once per node, with PET_NNODES, "
+                                 "PET_NODE_RANK, MASTER_ADDR and MASTER_PORT")
     for source, nodes_key, rank_key in (("PET_NNODES/PET_NODE_RANK", "PET_NNODES", "PET_NODE_RANK"),
                                         ("SLURM_NNODES/SLURM_NODEID", "SLURM_NNODES", "SLURM_NODEID"),
                                         ("WORLD_SIZE/RANK", "WORLD_SIZE", "RANK")):
         if nodes_key in environ:
             try:
-                return _node_group(environ, source, environ[nodes_key], environ.get(rank_key))
+                return _node_group(environ, source, nodes_key, rank_key)
             except ValueError as exc:
-                return NodeGroup(source=source, problem=f"multi-node training ({source}): {exc}")
+                rank = environ.get(rank_key, "0").strip()
+                return NodeGroup(node_rank=int(rank) if rank.isascii() and rank.isdigit() else 0, source=source,
+                                 problem=f"multi-node training ({source}): {exc}")
     return ONE_NODE
 
 
-def _node_group(environ: Mapping[str, str], source: str, nnodes_text: str, rank_text: Optional[str]) -> NodeGroup:
-    nnodes = _integer(nnodes_text, "the number of nodes", 1, MAX_NODES)
+def _node_group(environ: Mapping[str, str], source: str, nodes_key: str, rank_key: str) -> NodeGroup:
+    nnodes = _integer(environ, nodes_key, 1, MAX_NODES)
+    if nodes_key == "SLURM_NNODES":
+        tasks = environ.get("SLURM_STEP_NUM_TASKS") or environ.get("SLURM_NTASKS")
+        if tasks is not None and tasks.strip() != str(nnodes):
+            raise ValueError(f"{tasks.strip()} tasks on {nnodes} node(s) (SLURM_NTASKS): start one executor per node "
+                             "(srun --ntasks-per-node=1); it starts one process per GPU itself")
     if nnodes == 1:
         return NodeGroup(source=source)
-    if rank_text is None:
-        raise ValueError(f"{nnodes} nodes, but this node's rank is not set")
-    node_rank = _integer(rank_text, "this node's rank", 0, nnodes - 1)
+    if rank_key not in environ:
+        raise ValueError(f"{nnodes} nodes, but this node's rank ({rank_key}) is not set")
+    node_rank = _integer(environ, rank_key, 0, nnodes - 1)
     addr, port = _rendezvous(environ)
     return NodeGroup(nnodes=nnodes, node_rank=node_rank, master_addr=addr, master_port=port, source=source)
 
 
 def _rendezvous(environ: Mapping[str, str]) -> Tuple[str, int]:
-    endpoint = environ.get("PET_RDZV_ENDPOINT", "")
+    """The first node's (host, port), each from the first variable that gives it."""
+    endpoint = environ.get("PET_RDZV_ENDPOINT", "").strip()
     if endpoint:
-        addr, colon, port_text = endpoint.rpartition(":")
-        if not colon:
-            raise ValueError(f"PET_RDZV_ENDPOINT {endpoint!r} is not host:port")
-    else:
-        addr = environ.get("PET_MASTER_ADDR") or environ.get("MASTER_ADDR", "")
-        port_text = environ.get("PET_MASTER_PORT") or environ.get("MASTER_PORT", "")
-    addr = addr.strip("[]")  # an IPv6 endpoint's brackets
-    if not addr or any(c.isspace() for c in addr):
-        raise ValueError(f"the first node's address (MASTER_ADDR) is {addr!r}")
-    if not port_text:
+        found = re.fullmatch(r"\[([^\]]+)\]:(\d+)|([^\[\]:]+):(\d+)", endpoint)
+        if not found:
+            raise ValueError(f"PET_RDZV_ENDPOINT is {endpoint!r}, not host:port ([address]:port for IPv6)")
+        addr, port = (found.group(1), found.group(2)) if found.group(1) else (found.group(3), found.group(4))
+        return _host(addr, "PET_RDZV_ENDPOINT"), _integer({"PET_RDZV_ENDPOINT": port}, "PET_RDZV_ENDPOINT", 1, 65535)
+    addr_key = next((k for k in ("PET_MASTER_ADDR", "MASTER_ADDR") if environ.get(k)), "MASTER_ADDR")
+    port_key = next((k for k in ("PET_MASTER_PORT", "MASTER_PORT") if environ.get(k)), "MASTER_PORT")
+    if not environ.get(port_key):
         raise ValueError("the first node's port (MASTER_PORT) is not set")
-    return addr, _integer(port_text, "the first node's port (MASTER_PORT)", 1, 65535)
+    return _host(environ.get(addr_key, ""), addr_key), _integer(environ, port_key, 1, 65535)
 
 
-def _integer(text: str, what: str, low: int, high: int) -> int:
+def _host(addr: str, key: str) -> str:
+    addr = addr.strip()
+    if not HOST.fullmatch(addr) or (":" in addr and not _is_ipv6(addr)):
+        raise ValueError(f"the first node's address ({key}) is {addr!r}: a host name or an IP address")
+    return addr
+
+
+def _is_ipv6(addr: str) -> bool:
     try:
-        value = int(text.strip())
+        return ipaddress.ip_address(addr).version == 6
     except ValueError:
-        raise ValueError(f"{what} is {text!r}, not a whole number") from None
+        return False
+
+
+def _integer(environ: Mapping[str, str], key: str, low: int, high: int) -> int:
+    text = environ[key].strip()
+    if not (text.isascii() and text.isdigit()):
+        hint = " (an elastic min:max range is not supported: give the number of nodes)" if ":" in text else ""
+        raise ValueError(f"{key} is {text!r}, not a whole number{hint}")
+    value = int(text)
     if not low <= value <= high:
-        raise ValueError(f"{what} is {value}, outside {low}..{high}")
+        raise ValueError(f"{key} is {value}, outside {low}..{high}")
     return value
 
 
