@@ -90,6 +90,14 @@ def best_of(results_csv: Path):
     return float(best["metrics/mAP_0.5"]), float(best["metrics/mAP_0.5:0.95"])
 
 
+def run(command, **kwargs) -> None:
+    """A side's whole run; its own last words when it fails."""
+    done = subprocess.run(command, capture_output=True, text=True, **kwargs)
+    if done.returncode != 0:
+        raise SystemExit(f"{command[1] if len(command) > 1 else command[0]} failed ({done.returncode}):\n"
+                         f"{(done.stdout + done.stderr)[-4000:]}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=5)
@@ -109,8 +117,8 @@ def main():
                 "model": "yolov5n", "epochs": args.epochs, "img_size": args.size, "batch_size_per_gpu": args.batch,
                 "num_workers_per_gpu": 1, "args_options": f"--hyp {hyp_options} --seed {seed}"})
             t = time.perf_counter()
-            subprocess.run([str(REPO / ".venv" / "bin" / "python"), str(REPO / "start.py"), "--in", str(work / "in"),
-                            "--out", str(work / "out")], check=True, capture_output=True)
+            run([str(REPO / ".venv" / "bin" / "python"), str(REPO / "start.py"), "--in", str(work / "in"), "--out",
+                 str(work / "out")])
             ours_time = time.perf_counter() - t
             ours = best_of(work / "out" / "tensorboard" / "results.csv")
             data = write_yolo(tmp / f"yolo{seed}", splits, args.size)
@@ -118,9 +126,8 @@ def main():
                                          epochs=args.epochs, size=args.size, batch=args.batch, seed=seed,
                                          project=str(tmp / f"oracle{seed}"))
             t = time.perf_counter()
-            subprocess.run([str(REPO / ".venvs" / "oracle" / "bin" / "python"), "-c", script], check=True,
-                           capture_output=True, cwd=str(tmp),
-                           env=dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1"))
+            run([str(REPO / ".venvs" / "oracle" / "bin" / "python"), "-c", script], cwd=str(tmp),
+                env=dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1"))
             oracle_time = time.perf_counter() - t
             oracle = best_of(tmp / f"oracle{seed}" / "run" / "results.csv")
             rows.append((seed, ours, oracle, ours_time, oracle_time))

@@ -9,12 +9,14 @@ from ymir.mining.diverse import (
     Evidence,
     box_features,
     class_quality,
+    descriptor,
     diverse_order,
     image_uncertainty,
     place_scores,
     projection,
     recorded_class_ap,
 )
+from ymir.mining.labelled_looks import pack, sample_paths, unpack
 from ymir.mining.ordering import farthest_point_order, interleaved_order
 
 
@@ -128,3 +130,65 @@ def test_a_classs_images_rise_as_its_difficulty_rises():
         mean_places.append(np.mean([order.index(i) for i in range(10, 20)]))
     assert mean_places == sorted(mean_places, reverse=True) and mean_places[-1] < mean_places[0] - 3
     assert mean_places[-1] < np.mean(range(20))  # at its hardest, class 1 leads the list
+
+
+def test_a_near_copy_of_a_labelled_image_sinks_below_a_distinct_candidate():
+    """The walk starts with the labelled images placed: a candidate that repeats one of them gains nothing, even
+    when it is the most uncertain, while a new-looking candidate of similar uncertainty leads."""
+    looks = np.array([[1, 0, 0], [0, 1, 0], [0.6, 0.8, 0]], dtype=np.float64)
+    weights = np.array([1.0, 0.9, 0.5])
+    assert farthest_point_order(looks, weights).tolist()[0] == 0  # alone, the most uncertain leads
+    labelled = np.array([[1, 0, 0], [0, 0, 1]], dtype=np.float64)
+    assert farthest_point_order(looks, weights, labelled).tolist() == [1, 2, 0]
+    # chunked comparison with the labelled set: the same as in one piece
+    many = np.random.default_rng(0).normal(size=(50, 3))
+    many /= np.linalg.norm(many, axis=1, keepdims=True)
+    assert farthest_point_order(looks, weights, many, chunk=7).tolist() == \
+        farthest_point_order(looks, weights, many).tolist()
+
+
+def test_diverse_order_walks_away_from_the_labelled_images():
+    pool = [Evidence(np.stack([evidence(0, 0.5, 0.9, unit(1))])),  # the most uncertain; a labelled image's twin
+            Evidence(np.stack([evidence(0, 0.5, 0.8, unit(2))])),
+            Evidence(np.stack([evidence(0, 0.5, 0.7, unit(3))]))]
+    assert diverse_order(pool, 1, None, 0.0)[0] == 0
+    labelled = descriptor(pool[0].rows, 1)[None, :]
+    assert diverse_order(pool, 1, None, 0.0, labelled).tolist()[-1] == 0
+
+
+def test_labelled_looks_round_trip_through_their_checkpoint_form():
+    nc = 3
+    looks = np.zeros((4, nc * FEATURE_DIM), np.float32)
+    looks[0, :FEATURE_DIM] = unit(1)
+    looks[1, FEATURE_DIM:2 * FEATURE_DIM] = 0.6 * unit(2)
+    looks[1, 2 * FEATURE_DIM:] = 0.8 * unit(3)
+    looks[3, 2 * FEATURE_DIM:] = unit(4)  # image 2 held no box: its row is zero and is dropped
+    packed = pack(looks, nc, 64)
+    assert all(isinstance(v, (int, torch.Tensor)) for v in packed.values())
+    back = unpack(packed, nc, 64)
+    assert back.shape == (3, nc * FEATURE_DIM)
+    np.testing.assert_allclose(back, looks[[0, 1, 3]], atol=2e-3)  # float16 storage
+    assert unpack(packed, nc, 128) is None  # made at another size than mining runs at
+    assert unpack(None, nc, 64) is None
+
+
+@pytest.mark.parametrize("change", [
+    {"version": 2}, {"dim": 16}, {"images": 10 ** 6}, {"img_size": True}, {"image": "text"},
+    {"class": torch.zeros(1, dtype=torch.int16)}, {"image": torch.tensor([0, 9], dtype=torch.int32)},
+    {"class": torch.tensor([0, 7], dtype=torch.int16)}, {"image": torch.tensor([0, 1])},
+    {"vector": torch.full((2, FEATURE_DIM), float("inf"), dtype=torch.float16)},
+])
+def test_a_checkpoint_with_other_labelled_looks_is_mined_without_them(change, caplog):
+    looks = np.zeros((2, 3 * FEATURE_DIM), np.float32)
+    looks[0, :FEATURE_DIM], looks[1, FEATURE_DIM:2 * FEATURE_DIM] = unit(1), unit(2)
+    bad = dict(pack(looks, 3, 64), **change)
+    assert unpack(bad, 3, 64) is None
+    assert "labelled_looks are not used" in caplog.text
+    assert unpack(["not", "a", "record"], 3, 64) is None
+
+
+def test_the_labelled_sample_is_seeded_and_bounded():
+    paths = [f"img{i}.jpg" for i in range(30)]
+    assert sample_paths(paths, limit=40) == paths
+    picked = sample_paths(paths, limit=10)
+    assert len(picked) == 10 and picked == sample_paths(paths, limit=10) and picked == sorted(picked, key=paths.index)

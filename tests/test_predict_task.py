@@ -9,10 +9,12 @@ import torch
 from models.yolo import DetectionModel
 from tests.helpers import edit_yaml, load_trusted, oracle, run_start, ymir_cmd
 from tests.test_images import png_claiming
-from utils.checkpoint import save_checkpoint
+from utils.checkpoint import build_model, read_checkpoint, save_checkpoint
+from utils.inference import make_detector
 from ymir.errors import MODEL_ERROR
 from ymir.local.demo import CLASS_NAMES, make_workdir
 from ymir.local.task_folder import write_asset
+from ymir.mining.labelled_looks import LOOKS_IOU, LOOKS_MAX_DET, describe_images, pack
 
 CONFIG = {"conf_thres": 0.05, "img_size": 128, "batch_size_per_gpu": 3, "max_det": 30}
 
@@ -260,3 +262,26 @@ def test_mining_that_cannot_rank_says_so_and_breaks_ties_by_seed(tmp_path):
         orders.setdefault(seed, []).append([index.index(path) for path, _ in lines])
     assert orders[0][0] == orders[0][1] != orders[1][0]
     assert orders[0][0] != sorted(orders[0][0])
+
+
+def test_diverse_walks_away_from_the_images_the_model_was_trained_on(tmp_path):
+    """A model whose checkpoint describes two of the candidates as labelled images (as training records them):
+    diverse mining says it starts from them, and ranks those two below every other candidate."""
+    work = make_workdir(tmp_path / "w", "mining", num_candidates=6, config=dict(CONFIG, mining_algorithm="diverse"))
+    in_dir = work / "in"
+    listed = (in_dir / "candidate-index.tsv").read_text().split()
+    torch.manual_seed(0)
+    weights = with_model(work, eager_model())
+    ckpt = read_checkpoint(weights)
+    model = build_model(ckpt)
+    anchors = model.detect.na
+    looks = describe_images(make_detector(model, torch.device("cpu"), 128, features=True),
+                            [in_dir / path[len("/in/"):] for path in listed[:2]], 128, 3, anchors, LOOKS_IOU,
+                            LOOKS_MAX_DET, 2, 0)
+    assert len(looks) == 2
+    save_checkpoint(weights, build_model(ckpt), list(CLASS_NAMES), meta={"labelled_looks": pack(looks, 3, 128)})
+    result = run_start(work)
+    assert result.returncode == 0, result.output[-3000:]
+    assert "the walk starts from 2 labelled images" in result.output
+    ranked = [line.split("\t")[0] for line in (work / "out" / "result.tsv").read_text().splitlines()]
+    assert sorted(ranked[-2:]) == sorted(listed[:2]), ranked

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -17,6 +18,7 @@ from utils.checkpoint import read_checkpoint, save_checkpoint
 from ymir.errors import CONFIG_ERROR, MODEL_ERROR
 from ymir.local.demo import CLASS_NAMES, make_workdir
 from ymir.mining.diverse import recorded_class_ap
+from ymir.mining.labelled_looks import unpack as unpack_looks
 
 FAST = {"epochs": 2, "img_size": 96, "batch_size_per_gpu": 8, "num_workers_per_gpu": 0}
 
@@ -45,6 +47,10 @@ def test_training_writes_stages_the_platform_packs(tmp_path):
     assert stored["best_fitness"] == pytest.approx(ckpt.meta["metrics"]["mAP"])
     assert all(v.dtype == torch.float16 for v in stored["model"].state_dict().values() if v.is_floating_point())
     assert sum(ckpt.meta["class_histogram"]) > 0
+    # the labelled images as the best model sees them (none, where this barely trained model finds no box)
+    assert ckpt.meta["labelled_looks"]["version"] == 1 and ckpt.meta["labelled_looks"]["img_size"] == 96
+    assert unpack_looks(ckpt.meta["labelled_looks"], 3, 96).shape[1] == 3 * 32
+    assert "labelled images described for diverse mining" in result.output
     # AP@0.5 per class for diverse mining: a number for each class the validation set holds, None for the others
     val = (work / "in" / "val-index.tsv").read_text().split()[1::2]
     held = {int(line.split(",")[0]) for anno in val for line in (work / anno[1:]).read_text().splitlines()}
@@ -150,6 +156,12 @@ def test_training_learns_an_easy_dataset(tmp_path):
     first = float(rows[0]["metrics/mAP_0.5"])
     assert best["mAP"] > 0.5 and first < 0.05, (first, best["mAP"])
     assert float(rows[-1]["train/box_loss"]) < 0.5 * float(rows[0]["train/box_loss"])
+    # the learnt model describes the labelled images it finds boxes in, for diverse mining
+    ckpt = read_checkpoint(work / "out" / "models" / "best" / "best.pt")
+    looks = unpack_looks(ckpt.meta["labelled_looks"], 1, 64)
+    assert 0.5 * (256 + 64) < len(looks) <= 256 + 64, len(looks)
+    assert np.allclose(np.linalg.norm(looks, axis=1), 1.0, atol=1e-5)
+    assert f"best model: {ckpt.meta['labelled_looks']['images']} labelled images described" in result.output
     # YOLOv5's linear schedule (lrf 0.01) with its one-epoch lag: epoch e trains at lr0 * lf(max(e - 1, 0))
     lf = [(1 - x / 36) * 0.99 + 0.01 for x in range(36)]
     expected_lrs = [0.02 * lf[max(e - 1, 0)] for e in range(36)]

@@ -19,7 +19,9 @@ level (distances survive a random projection) and scaled to unit length.
    boxes, a greedy weighted farthest-point order: first the most uncertain image, then each time the one whose
    uncertainty (relative to the highest) times its cosine distance to the nearest image already placed is
    largest (a weighted k-centre walk: every prefix is spread out): near-duplicates and runs of one class sink down
-   the list. Images beyond the shortlist follow by uncertainty (the walk costs shortlist^2 distances).
+   the list. Images beyond the shortlist follow by uncertainty (the walk costs shortlist^2 distances). Where the
+   model's checkpoint describes the images it was trained on (ymir.mining.labelled_looks), the walk starts with
+   them already placed: a candidate close to a labelled image (a near-copy of it) gains little and sinks.
 4. Images predicted empty (no box at MIN_SCORE) are where false negatives hide: they take `empty_share` of every
    top of the list (places 1/share, 2/share, ...), the strongest near miss first (their most confident raw
    prediction), and follow the others once that share is spent.
@@ -133,8 +135,9 @@ def descriptor(rows: np.ndarray, nc: int) -> np.ndarray:
 
 
 def diverse_order(evidence: Sequence[Evidence], nc: int, class_ap: Optional[Sequence[Optional[float]]],
-                  empty_share: float) -> np.ndarray:
-    """The order of the images (indices into `evidence`), most worth labelling first."""
+                  empty_share: float, labelled: Optional[np.ndarray] = None) -> np.ndarray:
+    """The order of the images (indices into `evidence`), most worth labelling first; `labelled`: descriptors of
+    images already labelled (ymir.mining.labelled_looks), placed before the walk begins."""
     weights = 1.0 + (1.0 - class_quality(evidence, nc, class_ap))
     detected = np.array([i for i, e in enumerate(evidence) if len(e.rows)], dtype=int)
     empty = np.array([i for i, e in enumerate(evidence) if not len(e.rows)], dtype=int)
@@ -145,7 +148,7 @@ def diverse_order(evidence: Sequence[Evidence], nc: int, class_ap: Optional[Sequ
     if size:
         looks = np.stack([descriptor(evidence[i].rows, nc) for i in shortlist])
         relative = np.sort(uncertainty)[::-1][:size]
-        shortlist = shortlist[farthest_point_order(looks, relative / max(relative[0], 1e-12))]
+        shortlist = shortlist[farthest_point_order(looks, relative / max(relative[0], 1e-12), labelled)]
     main = np.concatenate([shortlist, by_uncertainty[size:]]).astype(int)
     near_misses = empty[np.argsort([-evidence[i].near_miss for i in empty], kind="stable")].astype(int)
     return interleaved_order(main, near_misses, empty_share)
@@ -159,5 +162,6 @@ def place_scores(order: np.ndarray) -> np.ndarray:
     return scores
 
 
-def rank(evidence: List[Evidence], nc: int, class_ap, empty_share: float) -> np.ndarray:
-    return place_scores(diverse_order(evidence, nc, class_ap, empty_share))
+def rank(evidence: List[Evidence], nc: int, class_ap, empty_share: float,
+         labelled: Optional[np.ndarray] = None) -> np.ndarray:
+    return place_scores(diverse_order(evidence, nc, class_ap, empty_share, labelled))

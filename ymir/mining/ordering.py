@@ -2,6 +2,8 @@
 farthest-point walk in which every prefix is spread out."""
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
 
@@ -20,23 +22,27 @@ def interleaved_order(main: np.ndarray, side: np.ndarray, share: float) -> np.nd
     return np.array(order, dtype=int)
 
 
-def farthest_point_order(looks: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """The rows of `looks` (unit vectors, or zero) in greedy weighted farthest-point order: the heaviest first, then
-    each time the row whose weight times its cosine distance (1 - cosine, in [0, 2]) to the nearest row already
-    placed is largest; ties go to the lower index. A row equal to a placed one gains nothing and waits for the end.
-    """
+def farthest_point_order(looks: np.ndarray, weights: np.ndarray, placed: Optional[np.ndarray] = None,
+                         chunk: int = 4096) -> np.ndarray:
+    """The rows of `looks` (unit vectors, or zero) in greedy weighted farthest-point order: each time the row whose
+    weight times its cosine distance (1 - cosine, in [0, 2]) to the nearest row already placed is largest; ties go
+    to the lower index. Without `placed` (unit rows placed before the walk begins: the labelled images), the
+    heaviest row comes first. A row equal to a placed one gains nothing and waits for the end."""
     m = len(looks)
     if m == 0:
         return np.zeros(0, dtype=int)
     weights = np.asarray(weights, dtype=np.float64)
-    order = [int(np.argmax(weights))]
-    placed = np.zeros(m, dtype=bool)
-    placed[order[0]] = True
-    nearest = 1.0 - looks @ looks[order[0]]
-    for _ in range(m - 1):
-        gains = np.where(placed, -np.inf, weights * np.maximum(nearest, 0.0))
+    nearest = np.full(m, np.inf)
+    if placed is not None and len(placed):
+        for start in range(0, len(placed), chunk):  # bounded memory: m x chunk similarities at a time
+            nearest = np.minimum(nearest, 1.0 - (looks @ placed[start:start + chunk].T).max(axis=1))
+    order = []
+    unplaced = np.ones(m, dtype=bool)
+    for _ in range(m):
+        gains = np.where(unplaced, weights * np.maximum(nearest, 0.0), -np.inf) if np.isfinite(nearest).any() \
+            else np.where(unplaced, weights, -np.inf)
         chosen = int(np.argmax(gains))
         order.append(chosen)
-        placed[chosen] = True
+        unplaced[chosen] = False
         nearest = np.minimum(nearest, 1.0 - looks @ looks[chosen])
     return np.array(order, dtype=int)

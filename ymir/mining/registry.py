@@ -39,6 +39,7 @@ class GatheredScores:
     evidence: Sequence[Optional[Evidence]]  # from scorers that describe images (diverse), else None each
     nc: int
     class_ap: Optional[Sequence[Optional[float]]] = None  # AP@0.5 per class of the model, where recorded
+    labelled_looks: Optional[np.ndarray] = None  # descriptors of the model's labelled images, where recorded
 
 
 def keep_scores(config: MiningConfig, pool: GatheredScores) -> np.ndarray:
@@ -52,7 +53,7 @@ def cald_finalise(config: MiningConfig, pool: GatheredScores) -> np.ndarray:
 
 def diverse_finalise(config: MiningConfig, pool: GatheredScores) -> np.ndarray:
     """The class difficulties and the farthest-point order need the whole pool."""
-    return diverse.rank(list(pool.evidence), pool.nc, pool.class_ap, config.diverse_empty_share)
+    return diverse.rank(list(pool.evidence), pool.nc, pool.class_ap, config.diverse_empty_share, pool.labelled_looks)
 
 
 @dataclass(frozen=True)

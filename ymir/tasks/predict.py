@@ -29,6 +29,7 @@ from ymir.dataset import read_candidates
 from ymir.errors import ConfigError, DatasetError, ModelError
 from ymir.mining import UNREADABLE_SCORE
 from ymir.mining.diverse import Evidence, recorded_class_ap
+from ymir.mining.labelled_looks import unpack as unpack_looks
 from ymir.mining.registry import ALGORITHMS, GatheredScores, ScorerInputs, make_scorer, rank_scores
 from ymir.mining.report import RankedImage, RankingRule, thumbnail_looks, write_report
 from ymir.results import Detection, write_infer_result, write_mining_result
@@ -96,7 +97,7 @@ def _predict(ctx: TaskContext, candidates: Sequence[Tuple[str, object]], device:
             + (["inference"] if config.infer else [])), f"; sharded over {world} processes" if world > 1 else "")
     ckpt = load_checkpoint(config.platform.model_params_path, env.models_dir)
     class_names = resolve_class_names(config.platform.class_names, ckpt)
-    results = _predict_shard(ctx, candidates, ckpt, device)
+    results, img_size = _predict_shard(ctx, candidates, ckpt, device)
     if world > 1:
         gathered: List[Optional[List[ImageResult]]] = [None] * world
         dist.all_gather_object(gathered, results)
@@ -104,11 +105,13 @@ def _predict(ctx: TaskContext, candidates: Sequence[Tuple[str, object]], device:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     if rank == 0:
-        _write_results(ctx, candidates, sorted(results, key=lambda r: r.index), class_names, ckpt)
+        _write_results(ctx, candidates, sorted(results, key=lambda r: r.index), class_names, ckpt, img_size)
 
 
-def _predict_shard(ctx: TaskContext, candidates: Sequence[Tuple[str, object]], ckpt, device) -> List[ImageResult]:
-    """This process's share of the candidates (all of them in a single process), in index order."""
+def _predict_shard(ctx: TaskContext, candidates: Sequence[Tuple[str, object]], ckpt,
+                   device) -> Tuple[List[ImageResult], int]:
+    """This process's share of the candidates (all of them in a single process), in index order, and the image
+    size the model ran at."""
     config = ctx.config
     settings = config.mining or config.infer
     rank, world = rank_and_world()
@@ -152,11 +155,11 @@ def _predict_shard(ctx: TaskContext, candidates: Sequence[Tuple[str, object]], c
     elapsed = time.perf_counter() - started
     LOG.info("rank %d: %d images in %.2f s (%.2f images/s)", rank, len(results), elapsed,
              len(results) / max(elapsed, 1e-9))
-    return results
+    return results, img_size
 
 
 def _write_results(ctx: TaskContext, candidates, results: List[ImageResult], class_names: List[str],
-                   ckpt: Checkpoint) -> None:
+                   ckpt: Checkpoint, img_size: int) -> None:
     env, config = ctx.env, ctx.config
     unreadable = [(candidates[r.index][0], r.error) for r in results if r.error is not None]
     if unreadable and len(unreadable) == len(results):
@@ -165,7 +168,7 @@ def _write_results(ctx: TaskContext, candidates, results: List[ImageResult], cla
     if unreadable:
         LOG.warning("%d candidate image(s) could not be read; they get the lowest score and no prediction:\n%s",
                     len(unreadable), "\n".join(f"  {path}: {reason}" for path, reason in unreadable[:50]))
-    report = _write_ranking(ctx, candidates, results, class_names, ckpt) if config.mining else None
+    report = _write_ranking(ctx, candidates, results, class_names, ckpt, img_size) if config.mining else None
     if config.infer:
         predictions: Dict[str, Tuple[List[Detection], Tuple[int, int]]] = {
             candidates[r.index][0]: (r.detections, r.size) for r in results}
@@ -190,7 +193,7 @@ def cannot_rank_reason(algorithm: str, scores: np.ndarray, undetected: np.ndarra
 
 
 def _write_ranking(ctx: TaskContext, candidates, results: List[ImageResult], class_names: List[str],
-                   ckpt: Checkpoint) -> tuple:
+                   ckpt: Checkpoint, img_size: int) -> tuple:
     """result.tsv, highest score first; returns what its report is made of. Where the scores cannot rank, the
     readable candidates are listed in a seeded random order (as random mining would list them), and the log, the
     report and monitor.txt's message say so."""
@@ -207,9 +210,14 @@ def _write_ranking(ctx: TaskContext, candidates, results: List[ImageResult], cla
         drawn = np.random.default_rng(mining.seed).permutation(np.flatnonzero(readable))
         order = np.concatenate([drawn, np.flatnonzero(~readable)])
     else:
+        labelled = unpack_looks(ckpt.meta.get("labelled_looks"), ckpt.nc, img_size) \
+            if ALGORITHMS[mining.mining_algorithm].needs_features else None
+        if labelled is not None:
+            LOG.info("the walk starts from %d labelled images the model describes (its labelled looks)",
+                     len(labelled))
         scores[readable] = rank_scores(mining, GatheredScores(
             scores[readable], undetected[readable], evidence, ckpt.nc,
-            recorded_class_ap(ckpt.meta.get("class_ap50"), ckpt.nc)))
+            recorded_class_ap(ckpt.meta.get("class_ap50"), ckpt.nc), labelled))
         order = np.argsort(-scores, kind="stable")
     write_mining_result(env.output.mining_result_file,
                         [(candidates[results[i].index][0], float(scores[i])) for i in order])

@@ -24,6 +24,7 @@ from utils.checkpoint import (
 )
 from utils.data.train_data import class_histogram
 from utils.export import ExportError, export_onnx, max_onnx_opset
+from utils.inference import make_detector
 from utils.metrics import DetectionMetrics
 from utils.ranks import rank_and_world
 from utils.train_settings import TrainSettings
@@ -33,6 +34,7 @@ from ymir.config import TrainingConfig
 from ymir.context import TaskContext
 from ymir.dataset import read_split
 from ymir.errors import ConfigError, DatasetError, ModelError, NanLossError
+from ymir.mining.labelled_looks import LOOKS_IOU, LOOKS_MAX, LOOKS_MAX_DET, describe_images, pack, sample_paths
 from ymir.results import ModelStageWriter
 from ymir.task_processes import run_in_processes
 from ymir.tasks import fitted_image_size
@@ -92,6 +94,8 @@ def _train(ctx: TaskContext, device: torch.device) -> None:
             report.close()
     if rank == 0:
         saver.finish()
+        saver.add_labelled_looks([s.image for s in train_samples + val_samples], device, cfg.batch_size_per_gpu,
+                                 settings.workers)
 
 
 def weights_checksum(model) -> str:
@@ -260,4 +264,27 @@ class StageSaver:
         LOG.info("best model: epoch %d, %s", epoch + 1, summary_line(m))
         LOG.info("model stages: %s (best stage %s in %s)", sorted(self.writer.stages), self.writer.best_stage_name,
                  self.writer.models_dir / "result.yaml")
+
+    def add_labelled_looks(self, paths: List[Path], device: torch.device, batch_size: int, workers: int) -> None:
+        """The best stage's model describes (a sample of) the labelled images for `diverse` mining, into its own
+        checkpoint (ymir.mining.labelled_looks). The weights, and so the stage's ONNX, stay as they are; should
+        this fail, the stage stays as it was and mining walks without them."""
+        path = self.writer.stage_dir("best") / "best.pt"
+        started = time.perf_counter()
+        try:
+            ckpt = read_checkpoint(path)
+            model = build_model(ckpt)
+            anchors = model.detect.na
+            detector = make_detector(model, device, self.img_size, features=True)
+            looks = describe_images(detector, sample_paths(paths), self.img_size, ckpt.nc, anchors, LOOKS_IOU,
+                                    LOOKS_MAX_DET, batch_size, workers)
+            meta = dict(ckpt.meta, labelled_looks=pack(looks, ckpt.nc, self.img_size))
+            save_checkpoint(path, build_model(ckpt), self.names, epoch=ckpt.epoch, meta=meta, opt=self.opt,
+                            best_fitness=float(self.best[1].map50))
+        except Exception as exc:  # an aid to mining, never a reason to lose the training
+            LOG.warning("the best model keeps no labelled looks (diverse mining walks without them): %s: %s",
+                        type(exc).__name__, exc)
+            return
+        LOG.info("best model: %d labelled images described for diverse mining in %.1f s (of %d sampled)",
+                 len(looks), time.perf_counter() - started, min(len(paths), LOOKS_MAX))
 

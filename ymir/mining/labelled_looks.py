@@ -1,0 +1,114 @@
+"""What the labelled images look like to the model, kept in its checkpoint for `diverse` mining.
+
+A pool often holds near-copies of images already labelled (video frames, re-uploads): the model has learnt them,
+and labelling their twins teaches little. At the end of training, the best model describes up to LOOKS_MAX of the
+labelled images (training and validation, a seeded sample) exactly as `diverse` describes candidates
+(ymir.mining.diverse.descriptor: its boxes' neck features per class), and the descriptors are stored in the
+checkpoint's metadata, class block by class block (only the classes an image shows), as small tensors. Mining with
+that model then starts its farthest-point walk as if the labelled images were already placed: a candidate close to
+a labelled image gains little and sinks.
+
+Stored under meta['labelled_looks']: {'version': 1, 'dim': FEATURE_DIM, 'img_size': int, 'images': int,
+'image': int32 tensor (rows), 'class': int16 tensor (rows), 'vector': float16 tensor (rows, dim)} (tensors, as the
+weights are: the checkpoint's pickle protocol writes bytes through a call that a restricted reader refuses). A
+file that holds anything else there is used without it (a warning says why).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from utils.data.letterboxed import LetterboxedImages, collate
+from utils.inference import ForwardPass, detect
+from ymir.mining.diverse import FEATURE_DIM, descriptor
+from ymir.mining.scorers import DiverseScorer
+
+LOG = logging.getLogger(__name__)
+LOOKS_MAX = 1000
+LOOKS_SEED = 0
+LOOKS_IOU, LOOKS_MAX_DET = 0.45, 1000  # the mining template's iou_thres and max_det
+MAX_ROWS = LOOKS_MAX * 64  # class blocks a file may hold (64 classes per image at most)
+VERSION = 1
+
+
+def sample_paths(paths: Sequence, limit: int = LOOKS_MAX, seed: int = LOOKS_SEED) -> List:
+    """Up to `limit` of `paths`, a seeded sample in their own order."""
+    if len(paths) <= limit:
+        return list(paths)
+    keep = np.sort(np.random.default_rng(seed).choice(len(paths), limit, replace=False))
+    return [paths[i] for i in keep]
+
+
+def describe_images(detector: ForwardPass, paths: Sequence, img_size: int, nc: int, anchors: int, iou_thres: float,
+                    max_det: int, batch_size: int, workers: int) -> np.ndarray:
+    """(m, nc x FEATURE_DIM) descriptors of the readable images in which the model finds a box, as mining's
+    `diverse` makes them for candidates (same threshold, NMS and features)."""
+    scorer = DiverseScorer(iou_thres, max_det, anchors)
+    loader = DataLoader(LetterboxedImages(list(paths), img_size), batch_size=batch_size, shuffle=False,
+                        num_workers=workers, collate_fn=collate)
+    looks = []
+    for images, metas in loader:
+        with torch.inference_mode():
+            out = detect(detector, images, metas, 0.001, iou_thres, max_det)
+            _, evidence = scorer.score_and_describe(images, out, metas, [str(m.index) for m in metas])
+        looks += [descriptor(e.rows, nc) for e in evidence if e is not None and len(e.rows)]
+    return np.stack(looks) if looks else np.zeros((0, nc * FEATURE_DIM), np.float32)
+
+
+def pack(looks: np.ndarray, nc: int, img_size: int) -> Dict[str, object]:
+    """The checkpoint's form of `looks`: the non-zero class blocks of each image."""
+    blocks = looks.reshape(len(looks), nc, FEATURE_DIM)
+    image, cls = np.nonzero(np.abs(blocks).sum(axis=2) > 0)
+    return {"version": VERSION, "dim": FEATURE_DIM, "img_size": int(img_size), "images": int(len(looks)),
+            "image": torch.from_numpy(image.astype(np.int32)), "class": torch.from_numpy(cls.astype(np.int16)),
+            "vector": torch.from_numpy(blocks[image, cls].astype(np.float16))}
+
+
+def unpack(value: object, nc: int, img_size: int) -> Optional[np.ndarray]:
+    """The (m, nc x FEATURE_DIM) unit descriptors a checkpoint's `labelled_looks` holds, or None: where it holds
+    none, where they were made at another image size than mining runs at (features change with scale), and (with
+    a warning) where it holds something that is not such a record."""
+    if value is None:
+        return None
+    problem = _problem(value, nc)
+    if problem:
+        LOG.warning("the model's labelled_looks are not used: %s", problem)
+        return None
+    if value["img_size"] != img_size:
+        LOG.info("the model's labelled looks were made at %d px and mining runs at %d: not used", value["img_size"],
+                 img_size)
+        return None
+    image, cls = value["image"].numpy(), value["class"].numpy().astype(np.int64)
+    vectors = value["vector"].numpy()
+    looks = np.zeros((value["images"], nc, FEATURE_DIM), dtype=np.float32)
+    looks[image, cls] = vectors.astype(np.float32)
+    looks = looks.reshape(value["images"], nc * FEATURE_DIM)
+    norms = np.linalg.norm(looks, axis=1, keepdims=True)
+    return looks[norms[:, 0] > 0] / norms[norms[:, 0] > 0]
+
+
+def _problem(value: object, nc: int) -> str:
+    """Why `value` is not a record `pack` wrote for a model of `nc` classes ('' when it is one)."""
+    if not isinstance(value, dict) or value.get("version") != VERSION or value.get("dim") != FEATURE_DIM:
+        return f"not a version {VERSION} record of {FEATURE_DIM}-value features"
+    images, size = value.get("images"), value.get("img_size")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (images, size)) or \
+            not 0 <= images <= LOOKS_MAX or not 32 <= size <= 8192:
+        return "its image count or size is out of bounds"
+    arrays = [value.get(k) for k in ("image", "class", "vector")]
+    if not all(isinstance(a, torch.Tensor) and a.device.type == "cpu" for a in arrays) or \
+            [a.dtype for a in arrays] != [torch.int32, torch.int16, torch.float16]:
+        return "its arrays are not int32, int16 and float16 tensors"
+    image, cls, vectors = arrays
+    rows = len(image)
+    if image.shape != (rows,) or cls.shape != (rows,) or vectors.shape != (rows, FEATURE_DIM) or rows > MAX_ROWS:
+        return "its arrays do not agree in shape"
+    if rows and (int(image.min()) < 0 or int(image.max()) >= images or int(cls.min()) < 0 or int(cls.max()) >= nc):
+        return f"it names images or classes outside {images} images and {nc} classes"
+    if not bool(torch.isfinite(vectors).all()):
+        return "its features are not finite"
+    return ""
