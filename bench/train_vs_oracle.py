@@ -90,6 +90,13 @@ def best_of(results_csv: Path):
     return float(best["metrics/mAP_0.5"]), float(best["metrics/mAP_0.5:0.95"])
 
 
+def original_environment() -> dict:
+    """The original's process: without our PYTHONPATH (a checkout there would answer its `models.yolo` when it
+    loads its own best.pt), reading its own checkpoints as it was written to."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return dict(env, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
+
+
 def run(command, **kwargs) -> None:
     """A side's whole run; its own last words when it fails."""
     done = subprocess.run(command, capture_output=True, text=True, **kwargs)
@@ -127,7 +134,7 @@ def main():
                                          project=str(tmp / f"oracle{seed}"))
             t = time.perf_counter()
             run([str(REPO / ".venvs" / "oracle" / "bin" / "python"), "-c", script], cwd=str(tmp),
-                env=dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1"))
+                env=original_environment())
             oracle_time = time.perf_counter() - t
             oracle = best_of(tmp / f"oracle{seed}" / "run" / "results.csv")
             rows.append((seed, ours, oracle, ours_time, oracle_time))
