@@ -310,7 +310,7 @@ def test_mining_result_applies_the_cald_share_to_readable_images_only(tmp_path):
     ctx = SimpleNamespace(env=SimpleNamespace(output=OutputPaths.under(tmp_path)),
                           config=SimpleNamespace(mining=MiningConfig(mining_algorithm="cald",
                                                                      cald_undetected_share=0.0), infer=None))
-    _write_results(ctx, candidates, results, ["a"], SimpleNamespace(nc=1, meta={}))
+    _write_results(ctx, candidates, results, ["a"], SimpleNamespace(nc=1, meta={}), 64)
     lines = [line.split("\t") for line in (tmp_path / "result.tsv").read_text().splitlines()]
     assert [p for p, _ in lines] == ["/in/0.jpg", "/in/2.jpg", "/in/1.jpg", "/in/3.jpg"]
     assert [float(s) for _, s in lines] == pytest.approx([0.7, 0.4, 0.2, -1.0])
