@@ -164,12 +164,14 @@ def test_labelled_looks_round_trip_through_their_checkpoint_form():
     looks[1, 2 * FEATURE_DIM:] = 0.8 * unit(3)
     looks[3, 2 * FEATURE_DIM:] = unit(4)  # image 2 held no box: its row is zero and is dropped
     packed = pack(looks, nc, 64)
-    assert all(isinstance(v, (int, torch.Tensor)) for v in packed.values())
+    assert all(isinstance(v, (int, float, torch.Tensor)) for v in packed.values())
     back = unpack(packed, nc, 64)
     assert back.shape == (3, nc * FEATURE_DIM)
     np.testing.assert_allclose(back, looks[[0, 1, 3]], atol=2e-3)  # float16 storage
     assert unpack(packed, nc, 128) is None  # made at another size than mining runs at
+    assert unpack(packed, nc, 64, iou_thres=0.6) is None and unpack(packed, nc, 64, max_det=30) is None  # other NMS
     assert unpack(None, nc, 64) is None
+    assert unpack(pack(np.zeros((2, nc * FEATURE_DIM), np.float32), nc, 64), nc, 64) is None  # no image described
 
 
 @pytest.mark.parametrize("change", [
@@ -177,6 +179,10 @@ def test_labelled_looks_round_trip_through_their_checkpoint_form():
     {"class": torch.zeros(1, dtype=torch.int16)}, {"image": torch.tensor([0, 9], dtype=torch.int32)},
     {"class": torch.tensor([0, 7], dtype=torch.int16)}, {"image": torch.tensor([0, 1])},
     {"vector": torch.full((2, FEATURE_DIM), float("inf"), dtype=torch.float16)},
+    # what a crafted file can hold that the checkpoint reader lets through
+    {"vector": torch.zeros((2, FEATURE_DIM), dtype=torch.float16).requires_grad_()},
+    {"image": torch.tensor(0, dtype=torch.int32)}, {"version": torch.tensor([1, 1])}, {"dim": 32.0},
+    {"iou_thres": 0}, {"max_det": 0}, {"img_size": 16},
 ])
 def test_a_checkpoint_with_other_labelled_looks_is_mined_without_them(change, caplog):
     looks = np.zeros((2, 3 * FEATURE_DIM), np.float32)

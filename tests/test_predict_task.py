@@ -14,7 +14,7 @@ from utils.inference import make_detector
 from ymir.errors import MODEL_ERROR
 from ymir.local.demo import CLASS_NAMES, make_workdir
 from ymir.local.task_folder import write_asset
-from ymir.mining.labelled_looks import LOOKS_IOU, LOOKS_MAX_DET, describe_images, pack
+from ymir.mining.labelled_looks import describe_images, pack
 
 CONFIG = {"conf_thres": 0.05, "img_size": 128, "batch_size_per_gpu": 3, "max_det": 30}
 
@@ -276,10 +276,11 @@ def test_diverse_walks_away_from_the_images_the_model_was_trained_on(tmp_path):
     model = build_model(ckpt)
     anchors = model.detect.na
     looks = describe_images(make_detector(model, torch.device("cpu"), 128, features=True),
-                            [in_dir / path[len("/in/"):] for path in listed[:2]], 128, 3, anchors, LOOKS_IOU,
-                            LOOKS_MAX_DET, 2, 0)
+                            [in_dir / path[len("/in/"):] for path in listed[:2]], 128, 3, anchors, 0.45,
+                            CONFIG["max_det"], 2, 0)
     assert len(looks) == 2
-    save_checkpoint(weights, build_model(ckpt), list(CLASS_NAMES), meta={"labelled_looks": pack(looks, 3, 128)})
+    save_checkpoint(weights, build_model(ckpt), list(CLASS_NAMES),
+                    meta={"labelled_looks": pack(looks, 3, 128, 0.45, CONFIG["max_det"])})
     result = run_start(work)
     assert result.returncode == 0, result.output[-3000:]
     assert "the walk starts from 2 labelled images" in result.output

@@ -21,7 +21,8 @@ level (distances survive a random projection) and scaled to unit length.
    largest (a weighted k-centre walk: every prefix is spread out): near-duplicates and runs of one class sink down
    the list. Images beyond the shortlist follow by uncertainty (the walk costs shortlist^2 distances). Where the
    model's checkpoint describes the images it was trained on (ymir.mining.labelled_looks), the walk starts with
-   them already placed: a candidate close to a labelled image (a near-copy of it) gains little and sinks.
+   them already placed (its first pick is then the largest relative uncertainty times the distance to the nearest
+   labelled image): a candidate whose descriptor is close to a labelled image's gains little and sinks.
 4. Images predicted empty (no box at MIN_SCORE) are where false negatives hide: they take `empty_share` of every
    top of the list (places 1/share, 2/share, ...), the strongest near miss first (their most confident raw
    prediction), and follow the others once that share is spent.

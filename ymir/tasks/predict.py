@@ -210,8 +210,8 @@ def _write_ranking(ctx: TaskContext, candidates, results: List[ImageResult], cla
         drawn = np.random.default_rng(mining.seed).permutation(np.flatnonzero(readable))
         order = np.concatenate([drawn, np.flatnonzero(~readable)])
     else:
-        labelled = unpack_looks(ckpt.meta.get("labelled_looks"), ckpt.nc, img_size) \
-            if ALGORITHMS[mining.mining_algorithm].needs_features else None
+        labelled = unpack_looks(ckpt.meta.get("labelled_looks"), ckpt.nc, img_size, mining.iou_thres,
+                                mining.max_det) if ALGORITHMS[mining.mining_algorithm].needs_features else None
         if labelled is not None:
             LOG.info("the walk starts from %d labelled images the model describes (its labelled looks)",
                      len(labelled))

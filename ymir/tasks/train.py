@@ -271,6 +271,7 @@ class StageSaver:
         this fail, the stage stays as it was and mining walks without them."""
         path = self.writer.stage_dir("best") / "best.pt"
         started = time.perf_counter()
+        LOG.info("best model: describing up to %d labelled images for diverse mining", min(len(paths), LOOKS_MAX))
         try:
             ckpt = read_checkpoint(path)
             model = build_model(ckpt)
