@@ -105,7 +105,12 @@ def test_torchrun_gets_every_rendezvous_setting_and_none_of_the_schedulers_pet_v
 
 def test_the_cpu_line_says_why(monkeypatch):
     monkeypatch.setattr(torch.version, "cuda", None)
+    monkeypatch.setattr(torch.version, "hip", None, raising=False)
     assert "is a CPU-only build" in cpu_reason()
+    monkeypatch.setattr(torch.version, "hip", "6.4.1", raising=False)  # a ROCm build answers torch.cuda too
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "is built with ROCm 6.4.1 but CUDA is not available here" in cpu_reason()
+    monkeypatch.setattr(torch.version, "hip", None, raising=False)
     monkeypatch.setattr(torch.version, "cuda", "12.8")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert "is built with CUDA 12.8 but CUDA is not available here" in cpu_reason()

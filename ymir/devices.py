@@ -35,9 +35,11 @@ def select_device(gpu_ids: Sequence[int]) -> torch.device:
 
 def cpu_reason() -> str:
     """Why the task runs on the CPU, in the words a user checking a GPU image looks for."""
-    if torch.version.cuda is None:
+    built_for = f"CUDA {torch.version.cuda}" if torch.version.cuda else \
+        f"ROCm {torch.version.hip}" if getattr(torch.version, "hip", None) else None
+    if built_for is None:
         return f"running on the CPU: config gpu_id is empty and this torch ({torch.__version__}) is a CPU-only build"
     if not torch.cuda.is_available():
-        return f"running on the CPU: config gpu_id is empty; torch {torch.__version__} is built with CUDA " \
-               f"{torch.version.cuda} but CUDA is not available here (no GPU or driver visible)"
+        return f"running on the CPU: config gpu_id is empty; torch {torch.__version__} is built with {built_for} " \
+               "but CUDA is not available here (no GPU or driver visible)"
     return f"running on the CPU: config gpu_id is empty, although CUDA sees {torch.cuda.device_count()} GPU(s)"
