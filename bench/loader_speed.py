@@ -159,6 +159,7 @@ def main() -> None:
                 if args.original and cache != "disk":  # the original's disk cache writes .npy beside the images
                     runs.setdefault(("original", cache), []).append(run_original(images, cache, args))
     results = {key: median_run(value) for key, value in runs.items()}
+    second = min(1, args.epochs - 1)  # the epoch compared: the second, the first of a cache already filled
     print(f"\n{args.images} images of 640 x 480 at {args.size} px, mosaic on, batch {args.batch}, {args.workers} "
           f"worker(s) kept for the run, {args.epochs} epochs, median of {args.repeats}; images/s per epoch\n")
     print("| loader | cache | set-up before epoch 1 (s) | " + " | ".join(f"epoch {e + 1}" for e in range(args.epochs))
@@ -166,13 +167,12 @@ def main() -> None:
     print("|---|---|---|" + "---|" * args.epochs + "---|---|---|---|---|")
     for (side, cache), r in results.items():
         rates = r["rates"]
-        second = rates[min(1, len(rates) - 1)]
-        uncached = results[(side, "none")]["rates"][min(1, len(rates) - 1)]
+        uncached = results[(side, "none")]["rates"][second]
         original = results.get(("original", cache))
-        against = f"{second / original['rates'][min(1, len(rates) - 1)]:.2f}x" if side == "ours" and original else ""
+        against = f"{rates[second] / original['rates'][second]:.2f}x" if side == "ours" and original else ""
         size = f"{r['cache_bytes'] / 1e6:.0f} MB" if r["cache_bytes"] else ""
         print(f"| {side} | {cache} | {r['fill_s']:.1f} | " + " | ".join(f"{v:.1f}" for v in rates)
-              + f" | {second / rates[0]:.2f}x | {second / uncached:.2f}x | {against} | {size} | "
+              + f" | {rates[second] / rates[0]:.2f}x | {rates[second] / uncached:.2f}x | {against} | {size} | "
               f"{r['peak_bytes'] / 1e6:.0f} MB |")
 
 

@@ -1,12 +1,12 @@
 """Everything a task needs, read and validated once at start."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ymir.config import ExecutorConfig
 from ymir.env import EnvConfig
 from ymir.monitor import Monitor
-from ymir.nodes import NodeGroup
+from ymir.nodes import ONE_NODE, NodeGroup
 from ymir.paths import PathMapper
 
 
@@ -16,4 +16,4 @@ class TaskContext:
     config: ExecutorConfig
     mapper: PathMapper
     monitor: Monitor
-    nodes: NodeGroup = field(default_factory=NodeGroup)  # the machines the task spans (ymir.nodes)
+    nodes: NodeGroup = ONE_NODE  # the machines the task spans (ymir.nodes)

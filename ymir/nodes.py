@@ -85,7 +85,7 @@ def read_node_group(environ: Mapping[str, str]) -> NodeGroup:
 
 
 def _node_group(environ: Mapping[str, str], source: str, nodes_key: str, rank_key: str) -> NodeGroup:
-    nnodes = _integer(environ, nodes_key, 1, MAX_NODES)
+    nnodes = _integer(environ[nodes_key], nodes_key, 1, MAX_NODES)
     if nodes_key == "SLURM_NNODES":
         tasks = environ.get("SLURM_STEP_NUM_TASKS") or environ.get("SLURM_NTASKS")
         if tasks is not None and tasks.strip() != str(nnodes):
@@ -95,7 +95,7 @@ def _node_group(environ: Mapping[str, str], source: str, nodes_key: str, rank_ke
         return NodeGroup(source=source)
     if rank_key not in environ:
         raise ValueError(f"{nnodes} nodes, but this node's rank ({rank_key}) is not set")
-    node_rank = _integer(environ, rank_key, 0, nnodes - 1)
+    node_rank = _integer(environ[rank_key], rank_key, 0, nnodes - 1)
     addr, port = _rendezvous(environ)
     return NodeGroup(nnodes=nnodes, node_rank=node_rank, master_addr=addr, master_port=port, source=source)
 
@@ -108,12 +108,12 @@ def _rendezvous(environ: Mapping[str, str]) -> Tuple[str, int]:
         if not found:
             raise ValueError(f"PET_RDZV_ENDPOINT is {endpoint!r}, not host:port ([address]:port for IPv6)")
         addr, port = (found.group(1), found.group(2)) if found.group(1) else (found.group(3), found.group(4))
-        return _host(addr, "PET_RDZV_ENDPOINT"), _integer({"PET_RDZV_ENDPOINT": port}, "PET_RDZV_ENDPOINT", 1, 65535)
+        return _host(addr, "PET_RDZV_ENDPOINT"), _integer(port, "PET_RDZV_ENDPOINT", 1, 65535)
     addr_key = next((k for k in ("PET_MASTER_ADDR", "MASTER_ADDR") if environ.get(k)), "MASTER_ADDR")
     port_key = next((k for k in ("PET_MASTER_PORT", "MASTER_PORT") if environ.get(k)), "MASTER_PORT")
     if not environ.get(port_key):
         raise ValueError("the first node's port (MASTER_PORT) is not set")
-    return _host(environ.get(addr_key, ""), addr_key), _integer(environ, port_key, 1, 65535)
+    return _host(environ.get(addr_key, ""), addr_key), _integer(environ[port_key], port_key, 1, 65535)
 
 
 def _host(addr: str, key: str) -> str:
@@ -130,8 +130,9 @@ def _is_ipv6(addr: str) -> bool:
         return False
 
 
-def _integer(environ: Mapping[str, str], key: str, low: int, high: int) -> int:
-    text = environ[key].strip()
+def _integer(text: str, key: str, low: int, high: int) -> int:
+    """`text` (the value of variable `key`) as a whole number in low..high."""
+    text = text.strip()
     if not (text.isascii() and text.isdigit()):
         hint = " (an elastic min:max range is not supported: give the number of nodes)" if ":" in text else ""
         raise ValueError(f"{key} is {text!r}, not a whole number{hint}")

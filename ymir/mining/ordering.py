@@ -32,15 +32,14 @@ def farthest_point_order(looks: np.ndarray, weights: np.ndarray, placed: Optiona
     if m == 0:
         return np.zeros(0, dtype=int)
     weights = np.asarray(weights, dtype=np.float64)
-    nearest = np.full(m, np.inf)
-    if placed is not None and len(placed):
+    nearest = np.full(m, 2.0)  # the largest cosine distance: with nothing placed, the heaviest row leads
+    if placed is not None:
         for start in range(0, len(placed), chunk):  # bounded memory: m x chunk similarities at a time
             nearest = np.minimum(nearest, 1.0 - (looks @ placed[start:start + chunk].T).max(axis=1))
     order = []
     unplaced = np.ones(m, dtype=bool)
     for _ in range(m):
-        gains = np.where(unplaced, weights * np.maximum(nearest, 0.0), -np.inf) if np.isfinite(nearest).any() \
-            else np.where(unplaced, weights, -np.inf)
+        gains = np.where(unplaced, weights * np.maximum(nearest, 0.0), -np.inf)
         chosen = int(np.argmax(gains))
         order.append(chosen)
         unplaced[chosen] = False
