@@ -64,6 +64,50 @@ def test_greedy_nms_keeps_what_torchvision_keeps(count, spread):
     assert count < 700 or 20 < kept[0.3] < count / 2 < kept[0.7] < count  # suppression, not of everything
 
 
+def clustered_boxes(count: int, spread: float, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.rand(max(count // 20, 1), 2, generator=g) * spread
+    xy = centres[torch.randint(0, centres.shape[0], (count,), generator=g)] + torch.randn(count, 2, generator=g) * 6
+    wh = torch.rand(count, 2, generator=g) * 30 + 1
+    scores, order = torch.rand(count, generator=g).sort(descending=True)
+    return torch.cat((xy - wh / 2, xy + wh / 2), 1)[order], scores
+
+
+@pytest.mark.parametrize("kernel", ["compiled", "greedy_nms"])
+def test_first_kept_equals_the_whole_run(monkeypatch, kernel):
+    """NMS over growing prefixes of the candidates stops as soon as one keeps max_det: the same boxes, in the same
+    order, as the kernel over all of them, cut to max_det; and it did stop early where it could."""
+    whole_kernel = utils.nms.NMS_KERNEL if kernel == "compiled" else greedy_nms
+    sizes = []
+
+    def counted(boxes, scores, iou):
+        sizes.append(len(scores))
+        return whole_kernel(boxes, scores, iou)
+
+    monkeypatch.setattr(utils.nms, "NMS_KERNEL", counted)
+    boxes, scores = clustered_boxes(3000, 400, seed=1)
+    for iou in (0.3, 0.6):
+        for max_det in (1, 40, 300, 1000, 5000):
+            expected = whole_kernel(boxes, scores, iou)[:max_det]
+            sizes.clear()
+            assert torch.equal(utils.nms.first_kept(boxes, scores, iou, max_det), expected)
+            if len(expected) < max_det:  # fewer kept than asked: the last prefix was the whole list
+                assert sizes[-1] >= len(scores)
+            elif max_det <= 300:  # a prefix of at most a third of the candidates held them all
+                assert sizes[-1] <= 1000
+
+
+def test_nms_loads_the_compiled_kernel_without_the_torchvision_package():
+    """Importing torchvision costs seconds at every start: its operators alone are loaded."""
+    import subprocess
+    import sys
+
+    code = ("import sys, utils.nms as n; print(n.NMS_KERNEL is not n.greedy_nms, 'torchvision' in sys.modules, "
+            "'torch._dynamo' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["True", "False", "False"]
+
+
 def test_letterbox_equals_the_original(tmp_path):
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, size=shape, dtype=np.uint8) for shape in

@@ -91,7 +91,7 @@ def test_a_cache_that_would_not_fit_says_so_and_training_goes_on_without_it(samp
     monkeypatch.setattr(image_cache, "available_memory", lambda: int(needed * 1.05))  # under the 10 % margin
     with caplog.at_level(logging.WARNING):
         dataset.images.use_cache("ram")
-    assert dataset.images.cache is None and "training without the cache" in caplog.text
+    assert dataset.images.cache is None and "training without their cache" in caplog.text
     assert len(dataset[0]) == 2
     monkeypatch.setattr(image_cache, "available_memory", lambda: int(needed * 1.2))
     dataset.images.use_cache("ram")
@@ -104,3 +104,39 @@ def test_images_that_cannot_be_read_stay_out_of_the_cache(samples):
     dataset.images.use_cache("ram")
     assert sorted(dataset.images.cache.arrays) == [0, 2, 3, 4, 5]
     assert np.array_equal(dataset.images.load(1)[0], dataset.images.cache.arrays[2])  # the next one stands in
+
+
+@pytest.mark.parametrize("cache", [None, "ram"])
+def test_validation_keeps_its_workers_and_with_cache_reads_no_file_after_the_first_epoch(tmp_path, monkeypatch,
+                                                                                          cache):
+    """The validation loader's workers live for the whole run; under `--cache` the validation images are cached
+    too: once the files are gone, validation still sees the first epoch's images (without the cache, blanks)."""
+    import utils.trainer
+    from models.yolo import DetectionModel, architecture
+    from utils.train_settings import TrainSettings
+
+    train_samples = [write_sample(tmp_path, f"t{i}", (96, 96), BOXES) for i in range(4)]
+    val_samples = [write_sample(tmp_path, f"v{i}", (96, 96), BOXES) for i in range(3)]
+    seen = []
+    validate = utils.trainer.validate
+
+    def recording_validate(model, loader, *args, **kwargs):
+        images = torch.cat([batch[0] for batch in loader])
+        seen.append((images, [w.pid for w in loader._iterator._workers]))
+        for s in val_samples:  # from now on only a cache has the validation images
+            s.image.unlink(missing_ok=True)
+        return validate(model, loader, *args, **kwargs)
+
+    monkeypatch.setattr(utils.trainer, "validate", recording_validate)
+    torch.manual_seed(0)
+    settings = TrainSettings(model="yolov5n", epochs=2, batch_size=2, img_size=64, device=torch.device("cpu"),
+                             seed=1, autoanchor=False, workers=1, cache=cache)
+    utils.trainer.train(DetectionModel(architecture("yolov5n"), nc=1), train_samples, val_samples, settings,
+                        lambda report, best, ema_model: True)
+    (images0, workers0), (images1, workers1) = seen
+    assert workers0 == workers1 and len(workers0) == 1
+    assert images0.shape == images1.shape and images0.float().std() > 20  # drawn shapes, not a blank
+    if cache:
+        assert torch.equal(images0, images1)
+    else:  # an image that cannot be read is validated as a blank
+        assert bool((images1 == 114).all())

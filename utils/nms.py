@@ -1,11 +1,16 @@
 """Non-maximum suppression on YOLOv5 outputs, with YOLOv5's scoring rules (no time limit).
 
-The greedy suppression itself is torchvision's compiled `nms` where torchvision is installed and its kernels
-load (every GPU image, the test environments); the CPU image may ship without torchvision (the only CPU build
-of it lives on PyTorch's own index), and then `greedy_nms` below does the same job in plain torch.
+The greedy suppression itself is torchvision's compiled `nms` operator where torchvision is installed and its
+kernels load (every GPU image, the test environments), loaded from its library alone: importing the torchvision
+package costs about 2 s at every start (it imports torch._dynamo), loading its operators a few milliseconds. The CPU
+image may ship without torchvision (the only CPU build of it lives on PyTorch's own index), and then `greedy_nms`
+below does the same job in plain torch.
 """
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
+from pathlib import Path
 from typing import Callable, List, Optional
 
 import numpy as np
@@ -16,6 +21,8 @@ from utils.boxes import box_iou, xywh_to_xyxy
 MAX_BOX_SIZE = 7680  # class offset for class-aware NMS in one call: larger than any box
 MAX_NMS_INPUT = 30000  # at most this many candidates (best first) enter NMS per image
 GREEDY_BLOCK = 512  # candidates resolved together by greedy_nms (a BLOCK x BLOCK IoU matrix at a time)
+PREFIX_START = 2  # first_kept first suppresses the best PREFIX_START x max_det candidates ...
+PREFIX_GROWTH = 4  # ... and PREFIX_GROWTH times more each time that keeps too few
 
 
 def greedy_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_thres: float) -> torch.Tensor:
@@ -41,18 +48,52 @@ def greedy_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_thres: float) -> t
     return order[torch.cat(kept_parts)] if kept_parts else order[:0]
 
 
-def _compiled_nms() -> Optional[Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]]:
-    """torchvision's nms when torchvision is installed and its compiled operators load, else None."""
-    try:
-        import torchvision
+def _load_torchvision_operators() -> None:
+    """Registers torchvision's compiled operators (torch.ops.torchvision.*) from its library, without running the
+    torchvision package's __init__; raises where there is no such library or it does not load."""
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("torchvision is not installed")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    for name in ("_C_stable", "_C"):  # the library's name in torchvision >= 0.2x, and before
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            if (folder / (name + suffix)).is_file():
+                torch.ops.load_library(str(folder / (name + suffix)))
+                return
+    raise ImportError(f"no compiled operators in {folder}")
 
-        torchvision.ops.nms(torch.zeros((1, 4)), torch.zeros(1), 0.5)
+
+def _compiled_nms() -> Optional[Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]]:
+    """torchvision's compiled nms operator where it loads and was built for this torch's CUDA major version (as
+    torchvision's own import checks), else None."""
+    try:
+        _load_torchvision_operators()
+        kernel = torch.ops.torchvision.nms
+        kernel(torch.zeros((1, 4)), torch.zeros(1), 0.5)
+        built_for = int(torch.ops.torchvision._cuda_version())
+        if built_for != -1 and torch.version.cuda and built_for // 1000 != int(torch.version.cuda.split(".")[0]):
+            return None
     except Exception:  # not installed, or a build whose kernels do not match this torch
         return None
-    return torchvision.ops.nms
+    return kernel
 
 
 NMS_KERNEL = _compiled_nms() or greedy_nms
+
+
+def first_kept(boxes: torch.Tensor, scores: torch.Tensor, iou_thres: float, max_det: int) -> torch.Tensor:
+    """The first `max_det` of NMS_KERNEL's kept indices for candidates sorted by descending score. Greedy NMS
+    decides each box by the better-scored boxes alone, so over a prefix of the candidates it keeps exactly what the
+    whole run keeps within that prefix: once a prefix keeps max_det boxes, the rest cannot change the answer. The
+    kernel's work grows with candidates x kept, so where the candidates are many (validation's 0.001 threshold on
+    a young model) the prefix saves most of it; the growing prefixes cost at most 1/(PREFIX_GROWTH - 1) more than
+    one whole run where they do not."""
+    size = PREFIX_START * max_det
+    while True:
+        kept = NMS_KERNEL(boxes[:size], scores[:size], iou_thres)
+        if len(kept) >= max_det or size >= len(scores):
+            return kept[:max_det]
+        size *= PREFIX_GROWTH
 
 
 def non_max_suppression(prediction: torch.Tensor, conf_thres: float = 0.25, iou_thres: float = 0.45,
@@ -92,7 +133,7 @@ def non_max_suppression(prediction: torch.Tensor, conf_thres: float = 0.25, iou_
         order = x[:, 4].argsort(descending=True)[:MAX_NMS_INPUT]
         x, index = x[order], index[order]
         offset = x[:, 5:6] * (0 if agnostic else MAX_BOX_SIZE)
-        kept = NMS_KERNEL(x[:, :4] + offset, x[:, 4], iou_thres)[:max_det]
+        kept = first_kept(x[:, :4] + offset, x[:, 4], iou_thres, max_det)
         out[b], out_idx[b] = x[kept], index[kept]
     return (out, out_idx) if return_indices else out
 

@@ -108,8 +108,9 @@ class Trainer:
                 if self.after_epoch(epoch, losses, lrs, examples, started):
                     break
         finally:
-            if self.train_set.images.cache is not None:
-                self.train_set.images.cache.close()  # a disk cache's folder goes
+            for images in (self.train_set.images, self.val_loader.dataset.images if self.val_loader else None):
+                if images is not None and images.cache is not None:
+                    images.cache.close()  # a disk cache's folder goes
 
     # ---- before_train -------------------------------------------------------------------------------------------
 
@@ -163,9 +164,17 @@ class Trainer:
                                        num_workers=s.workers, collate_fn=collate_train, generator=generator,
                                        pin_memory=self.device.type == "cuda", drop_last=False,
                                        persistent_workers=s.workers > 0)
-        self.val_loader = DataLoader(ValImages(val_samples, s.img_size, s.batch_size * 2, gs, s.single_cls),
-                                     batch_size=s.batch_size * 2, shuffle=False, num_workers=s.workers,
-                                     collate_fn=collate_val) if self.rank == 0 else None
+        self.val_loader = self.build_val_loader(val_samples) if self.rank == 0 else None
+
+    def build_val_loader(self, val_samples: Sequence[Sample]) -> DataLoader:
+        """Rank 0's validation loader: its workers live for the whole run, as the training loader's, and `--cache`
+        caches the validation images too (as YOLOv5 does)."""
+        s = self.s
+        val_set = ValImages(val_samples, s.img_size, s.batch_size * 2, self.model.image_size_step, s.single_cls)
+        if s.cache:
+            val_set.images.use_cache(s.cache, "validation")
+        return DataLoader(val_set, batch_size=s.batch_size * 2, shuffle=False, num_workers=s.workers,
+                          collate_fn=collate_val, persistent_workers=s.workers > 0)
 
     def build_optimization(self) -> None:
         s, hyp = self.s, self.hyp

@@ -1,8 +1,9 @@
-"""The training images' cache (YOLOv5's `--cache`): each image decoded and resized once, before the first epoch, in
-the main process, so that every loader worker (started after it, and kept for the whole run) and every epoch read
-it. `ram` keeps the arrays in memory, shared with the workers copy-on-write; `disk` writes each one as a `.npy` file
-in a temporary folder (never under /in) and reads it back. A cache that would not fit (ram: the memory available,
-with YOLOv5's 10 % margin; disk: the folder's free space) says so, and training goes on without it."""
+"""The training and validation images' cache (YOLOv5's `--cache`): each image decoded and resized once, before the
+first epoch, in the main process, so that every loader worker (started after it, and kept for the whole run) and
+every epoch read it. `ram` keeps the arrays in memory, shared with the workers copy-on-write; `disk` writes each one
+as a `.npy` file in a temporary folder (never under /in) and reads it back. A cache that would not fit (ram: the
+memory available, with YOLOv5's 10 % margin; disk: the folder's free space) says so, and training goes on without
+it."""
 from __future__ import annotations
 
 import contextlib
@@ -73,15 +74,16 @@ class ImageCache:
             self.files.clear()
 
 
-def build_cache(kind: str, samples: Sequence[Sample], img_size: int,
-                read_resized: Callable[[int], np.ndarray]) -> Optional[ImageCache]:
-    """A filled cache of `kind` ('ram' or 'disk'), or None where it would not fit (said in the log)."""
+def build_cache(kind: str, samples: Sequence[Sample], img_size: int, read_resized: Callable[[int], np.ndarray],
+                split: str = "training") -> Optional[ImageCache]:
+    """A filled cache of `kind` ('ram' or 'disk') of the `split` images, or None where it would not fit (said in
+    the log)."""
     needed = resized_bytes(samples, img_size)
     folder = Path(tempfile.mkdtemp(prefix="yolov5-image-cache-")) if kind == "disk" else None
     room = shutil.disk_usage(folder).free if folder is not None else available_memory()
     if room is not None and needed * (1 + SAFETY_MARGIN) > room:
-        LOG.warning("--cache %s: the %d training images need %.1f GB, %.1f GB is free: training without the cache",
-                    kind, len(samples), needed / 1e9, room / 1e9)
+        LOG.warning("--cache %s: the %d %s images need %.1f GB, %.1f GB is free: training without their cache",
+                    kind, len(samples), split, needed / 1e9, room / 1e9)
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
         return None
@@ -93,6 +95,6 @@ def build_cache(kind: str, samples: Sequence[Sample], img_size: int,
 
     with ThreadPoolExecutor(max_workers=min(FILL_THREADS, os.cpu_count() or 1)) as pool:
         list(pool.map(fill, range(len(samples))))
-    LOG.info("--cache %s: %d training images, %.2f GB%s", kind, len(samples), needed / 1e9,
+    LOG.info("--cache %s: %d %s images, %.2f GB%s", kind, len(samples), split, needed / 1e9,
              f" in {folder}" if folder is not None else "")
     return cache

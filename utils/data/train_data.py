@@ -66,9 +66,9 @@ class SampleImages:
         self.samples, self.img_size, self.augment, self.single_cls = list(samples), img_size, augment, single_cls
         self.cache: Optional[ImageCache] = None
 
-    def use_cache(self, kind: str) -> None:
+    def use_cache(self, kind: str, split: str = "training") -> None:
         """Decodes and resizes every image once, now, into a `kind` cache (utils.data.image_cache)."""
-        self.cache = build_cache(kind, self.samples, self.img_size, self.read_resized)
+        self.cache = build_cache(kind, self.samples, self.img_size, self.read_resized, split)
 
     def __len__(self) -> int:
         return len(self.samples)
