@@ -2,8 +2,8 @@
 first epoch, in the main process, so that every loader worker (started after it, and kept for the whole run) and
 every epoch read it. `ram` keeps the arrays in memory, shared with the workers copy-on-write; `disk` writes each one
 as a `.npy` file in a temporary folder (never under /in) and reads it back. A cache that would not fit (ram: the
-memory available, with YOLOv5's 10 % margin; disk: the folder's free space) says so, and training goes on without
-it."""
+memory available, a container's limit included (utils.memory), with YOLOv5's 10 % margin; disk: the folder's free
+space) says so, and training goes on without it."""
 from __future__ import annotations
 
 import contextlib
@@ -21,6 +21,7 @@ import numpy as np
 from utils.data.images import ImageReadError
 from utils.data.letterbox import long_side_size
 from utils.data.sample import Sample
+from utils.memory import available_memory
 
 LOG = logging.getLogger(__name__)
 SAFETY_MARGIN = 0.1  # YOLOv5's check_cache_ram: the cache must fit 1.1 times in the available memory
@@ -30,18 +31,6 @@ FILL_THREADS = 8  # decoding releases the GIL: threads fill the cache about as f
 def resized_bytes(samples: Sequence[Sample], img_size: int) -> int:
     """Bytes of every sample's image resized so that its long side is img_size (3 channels of uint8)."""
     return sum(math.prod(long_side_size(s.width, s.height, img_size)) * 3 for s in samples)
-
-
-def available_memory() -> Optional[int]:
-    """MemAvailable from /proc/meminfo (Linux), else None (not known: the cache is tried)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 class ImageCache:
