@@ -31,15 +31,16 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import original_offline
 import torch
 import yaml
+from gpu_check_report import CheckFailed, Report
+from gpu_measures import matched_share, original_step, per_call_seconds, sync, synthetic_batch, training_step
 
 from models.yolo import MODEL_NAMES, DetectionModel
 from utils.checkpoint import build_model, read_checkpoint
@@ -48,10 +49,7 @@ from utils.data.sample import Sample
 from utils.data.train_data import TrainImages, collate_train
 from utils.hyperparameters import SCRATCH_LOW
 from utils.inference import Detector
-from utils.loss import YoloLoss
 from utils.nms import non_max_suppression
-from utils.optim import build_optimizer
-from utils.trainer import grad_scaler
 from ymir.local.demo import draw_image, make_workdir
 
 REPO = Path(__file__).resolve().parent.parent
@@ -59,10 +57,6 @@ REPO = Path(__file__).resolve().parent.parent
 START = REPO / "start.py"
 PUBLISHED_V100_MS = {1: 6.4, 32: 0.9}  # yolov5s, 640 px, fp16, NMS excluded (YOLOv5 v7.0 README)
 CARD_GIB = (16, 24, 40, 80)
-
-
-class CheckFailed(Exception):
-    """A measured value is outside what the step requires."""
 
 
 @dataclass(frozen=True)
@@ -93,117 +87,6 @@ DRY_RUN = Scale("cpu", train_images=16, epochs=1, task_img=64, candidates=8, spe
                 train_batch=2, infer_batches=(1, 2), amp_steps=3, seconds=0.2, memory_models=("yolov5n",),
                 step_models=("yolov5n",),
                 memory_batches=(1, 2), workers=1, task_timeout=300, cost_algorithms=("cald",))
-
-
-@dataclass
-class StepRecord:
-    name: str
-    measures: str
-    status: str = "not run"
-    seconds: float = 0.0
-    figures: Dict[str, object] = field(default_factory=dict)
-
-
-class Report:
-    """The steps' records, rewritten after each step (a run cut short still leaves what it measured)."""
-
-    def __init__(self, out: Path, scale: Scale):
-        self.out, self.scale = out, scale
-        self.header: Dict[str, object] = {"dry_run": scale.device == "cpu", "started": time.strftime("%F %T")}
-        self.steps: List[StepRecord] = []
-
-    def run(self, name: str, measures: str, fn: Callable[[Dict[str, object]], None], needs_cuda: bool = False):
-        record = StepRecord(name, measures)
-        self.steps.append(record)
-        print(f"== {name}: {measures}", flush=True)
-        started = time.perf_counter()
-        if needs_cuda and self.scale.device != "cuda":
-            record.status = "skipped: needs CUDA (dry run)"
-        else:
-            try:
-                fn(record.figures)
-                record.status = "ok"
-            except CheckFailed as exc:
-                record.status = f"FAILED: {exc}"
-            except Exception as exc:  # a step's bug must not cost the other steps' figures
-                traceback.print_exc()
-                record.status = f"ERROR: {type(exc).__name__}: {exc}"
-        record.seconds = round(time.perf_counter() - started, 1)
-        print(f"   {record.status} ({record.seconds} s) {json.dumps(record.figures, default=str)}", flush=True)
-        self.write()
-
-    def write(self) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
-        data = dict(self.header, steps=[asdict(s) for s in self.steps])
-        (self.out / "gpu-check.json").write_text(json.dumps(data, indent=1, default=str))
-        lines = ["# GPU check", ""] + [f"- {k}: {v}" for k, v in self.header.items()] + [""]
-        lines += ["| step | status | seconds | measures |", "|---|---|---|---|"]
-        lines += [f"| {s.name} | {s.status} | {s.seconds} | {s.measures} |" for s in self.steps]
-        for s in self.steps:
-            lines += ["", f"## {s.name}", ""] + [f"- {k}: {v}" for k, v in s.figures.items()]
-        (self.out / "gpu-check.md").write_text("\n".join(lines) + "\n")
-
-    @property
-    def failed(self) -> List[str]:
-        return [s.name for s in self.steps if not (s.status == "ok" or s.status.startswith("skipped"))]
-
-
-# ---- helpers ----------------------------------------------------------------------------------------------------
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def per_call_seconds(fn: Callable[[], object], device: torch.device, seconds: float, warmup: int = 2) -> float:
-    """Median time of one call, calls repeated for about `seconds` (at least 3)."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times, started = [], time.perf_counter()
-    while time.perf_counter() - started < seconds or len(times) < 3:
-        t = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
-
-
-def synthetic_batch(batch: int, size: int, seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
-    """uint8 images (B, 3, size, size) and YOLO targets (image, class, cx, cy, w, h) for them."""
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=g)
-    n = 6 * batch
-    targets = torch.cat([torch.arange(batch).repeat_interleave(6)[:, None].float(),
-                         torch.randint(0, 80, (n, 1), generator=g).float(),
-                         torch.rand(n, 2, generator=g) * 0.6 + 0.2, torch.rand(n, 2, generator=g) * 0.3 + 0.05], 1)
-    return images, targets
-
-
-def scaled_step(loss: torch.Tensor, model: torch.nn.Module, optimizer, scaler) -> None:
-    """Backward through AMP's scaler, gradients clipped at norm 10, one optimizer step (both trainers do this)."""
-    scaler.scale(loss).backward()
-    scaler.unscale_(optimizer)
-    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad()
-
-
-def training_step(model: DetectionModel, device: torch.device, amp: bool):
-    """The product's training step (utils/trainer.py): channels-last, autocast, scaled loss, clipped step."""
-    model.train().to(device).to(memory_format=torch.channels_last)
-    loss_fn = YoloLoss(model.detect, dict(SCRATCH_LOW))
-    optimizer = build_optimizer(model, "SGD", 0.01, 0.937, 5e-4)
-    scaler = grad_scaler(amp)
-
-    def step(images_uint8: torch.Tensor, targets: torch.Tensor) -> float:
-        images = images_uint8.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device_type=device.type, enabled=amp):
-            loss, _ = loss_fn(model(images.float() / 255), targets.to(device))
-        scaled_step(loss, model, optimizer, scaler)
-        return float(loss.detach())
-    return step
 
 
 def run_task(work: Path, timeout: int) -> Tuple[int, str, float]:
@@ -472,36 +355,6 @@ class GpuCheck:
                          f"{', '.join(map(str, s.memory_batches))}; largest batch_size_per_gpu at 640 px: {advice}")
 
 
-def matched_share(reference: torch.Tensor, other: torch.Tensor) -> float:
-    """Share of the reference's detections (conf 0.25, NMS 0.45) found in `other` with IoU >= 0.9, same class."""
-    from utils.boxes import box_iou
-
-    found = total = 0
-    for ref, got in zip(non_max_suppression(reference, 0.25, 0.45), non_max_suppression(other, 0.25, 0.45)):
-        total += len(ref)
-        if len(ref) and len(got):
-            iou = box_iou(ref[:, :4], got[:, :4])
-            iou[ref[:, 5:6] != got[:, 5].unsqueeze(0)] = 0
-            found += int((iou.max(1).values >= 0.9).sum())
-    return found / total if total else 1.0
-
-
-def original_step(yolov5, name: str, device: torch.device):
-    """The original's training step (its train.py): autocast, ComputeLoss, GradScaler, clipped SGD step."""
-    model = original_offline.build(yolov5, name, 80).to(device).train()
-    model.hyp = dict(SCRATCH_LOW)
-    loss_fn = yolov5.utils.loss.ComputeLoss(model)
-    optimizer = yolov5.utils.torch_utils.smart_optimizer(model, "SGD", 0.01, 0.937, 5e-4)
-    amp = device.type == "cuda"
-    scaler = grad_scaler(amp)
-
-    def step(images_uint8, targets):
-        with torch.autocast(device_type=device.type, enabled=amp):
-            loss, _ = loss_fn(model(images_uint8.to(device, non_blocking=True).float() / 255), targets.to(device))
-        scaled_step(loss, model, optimizer, scaler)
-    return step
-
-
 STEPS = [
     ("environment", "versions, the GPU, whether the original YOLOv5 is importable", "environment", False),
     ("training task", "start.py training on the GPU (yolov5n, demo data, loader workers): stages valid",
@@ -532,7 +385,7 @@ def main(argv=None) -> int:
         print("no CUDA device here: run with --dry-run, or on a machine with an NVIDIA GPU", file=sys.stderr)
         return 2
     scale = DRY_RUN if args.dry_run else GPU
-    report = Report(args.out, scale)
+    report = Report(args.out, cuda=scale.device == "cuda")
     work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
     try:
         check = GpuCheck(scale, work)
