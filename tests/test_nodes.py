@@ -6,7 +6,7 @@ from tests.helpers import run_start
 from tests.test_start import assert_failed
 from ymir.devices import cpu_reason
 from ymir.errors import CONFIG_ERROR, ConfigError
-from ymir.launch import torchrun_command
+from ymir.launch import scheduler_processes_differ, torchrun_command
 from ymir.local.demo import make_workdir
 from ymir.nodes import ONE_NODE, NodeGroup, leave_rank_variables, read_node_group
 
@@ -101,6 +101,13 @@ def test_torchrun_gets_every_rendezvous_setting_and_none_of_the_schedulers_pet_v
     one, env = torchrun_command(ONE_NODE, 2, tmp_path / "in", tmp_path / "out", {"PET_RDZV_BACKEND": "c10d"})
     assert one[4:8] == ["--rdzv_backend=static", "--nnodes=1", "--node_rank=0", "--master_addr=127.0.0.1"]
     assert "PET_RDZV_BACKEND" not in env
+
+
+def test_a_scheduler_planning_other_processes_per_node_is_warned():
+    assert scheduler_processes_differ({}, 2) is None
+    assert scheduler_processes_differ({"PET_NPROC_PER_NODE": "2"}, 2) is None
+    warning = scheduler_processes_differ({"PET_NPROC_PER_NODE": "8"}, 2)
+    assert "'8'" in warning and "starts 2 training process(es)" in warning
 
 
 def test_the_cpu_line_says_why(monkeypatch):

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, Mapping, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 from ymir.context import TaskContext
 from ymir.errors import UNKNOWN_ERROR, ExecutorError
@@ -56,9 +56,22 @@ def torchrun_command(nodes: NodeGroup, processes: int, in_root: Path, out_root: 
     return command, env
 
 
+def scheduler_processes_differ(environ: Mapping[str, str], processes: int) -> Optional[str]:
+    """A warning where the scheduler planned another number of processes per node (PET_NPROC_PER_NODE, as
+    Kubeflow's nprocPerNode sets it) than this node starts (one per GPU of gpu_id), else None."""
+    planned = environ.get("PET_NPROC_PER_NODE", "").strip()
+    if not planned or planned == str(processes):
+        return None
+    return (f"PET_NPROC_PER_NODE is {planned!r}, but this node starts {processes} training process(es), one per GPU "
+            "in gpu_id: the job's world size follows gpu_id on each node")
+
+
 def run_distributed(ctx: TaskContext, processes: int = 0) -> None:
     processes = processes or len(ctx.config.platform.gpu_ids)
     nodes = ctx.nodes
+    differ = scheduler_processes_differ(os.environ, processes)
+    if differ:
+        LOG.warning("%s", differ)
     command, env = torchrun_command(nodes, processes, ctx.mapper.in_root, ctx.mapper.out_root, os.environ)
     if nodes.nnodes > 1:
         LOG.info("%s; %s", nodes.describe(), "this node writes /out" if nodes.is_first else
