@@ -14,7 +14,8 @@ set. Every step runs the executor itself (`start.py`) on YMIR-style /in and /out
   breakdown the round-0 and each method's final model on the test split: mAP@0.5 over the shifted and the
             unshifted images, AP@0.5 per class (where a method's mAP is won or lost)
   speed     images/s of plain inference, of mining with each algorithm, and of mining + inference in one run,
-            from the executor's own timing line (the forward/score loop, without start-up)
+            from the executor's own timing line (the forward/score loop, without start-up); and the wall time of
+            each whole task (start-up, the loop, a ranking that needs the whole pool, the outputs)
 
 With --shift, a share of the pool and of the test split lies on a second background (a domain shift) that the
 initial set lacks; with --source N, round 0 fine-tunes a model trained once on N generated images without the
@@ -135,7 +136,9 @@ def mine(work: Path, model: Path, pool, method: str, infer: bool = False, mining
     task = Task(work, kind, config, classes)
     paths = task.add_candidates(pool)
     task.add_model(model)
+    started = time.perf_counter()
     log = task.run()
+    seconds = time.perf_counter() - started  # the whole task: start-up, loop, ranking, outputs
     timed = re.findall(r"\(([\d.]+) images/s\)", log)
     speed = float(timed[-1]) if timed else None  # random mining alone runs no forward pass
     scores = None
@@ -143,7 +146,7 @@ def mine(work: Path, model: Path, pool, method: str, infer: bool = False, mining
         by_path = dict(line.split("\t") for line in (task.out / "result.tsv").read_text().splitlines())
         scores = np.array([float(by_path[p]) for p in paths])
     detections = json.loads((task.out / "infer-result.json").read_text())["detection"] if infer else None
-    return paths, scores, detections, speed
+    return paths, scores, detections, speed, seconds
 
 
 def target_only(item, target: int):
@@ -242,24 +245,25 @@ def run_seed(seed: int, args, tmp: Path, source) -> dict:
               "unlabelled": selection_stats([pool[i] for i in range(args.pool) if i not in initial], len(classes) - 1)}
     proxy_scores = {}
     for method in NAMES:
-        paths, scores, detections, speed = mine(tmp / f"s{seed}-proxy-{method}", model0, pool, method, infer=True,
-                                                classes=classes)
+        paths, scores, detections, speed, seconds = mine(tmp / f"s{seed}-proxy-{method}", model0, pool, method,
+                                                         infer=True, classes=classes)
         proxy_scores[method] = scores
         record["spearman"][method] = spearman(scores, image_errors(paths, detections, pool, classes))
         if args.speed:
             record["speed"][f"{method} + inference"] = speed
-            record["speed"][f"{method} alone"] = mine(tmp / f"s{seed}-speed-{method}", model0, pool, method,
-                                                      classes=classes)[3]
+            record["speed"][f"{method} + inference task seconds"] = seconds
+            alone = mine(tmp / f"s{seed}-speed-{method}", model0, pool, method, classes=classes)
+            record["speed"][f"{method} alone"], record["speed"][f"{method} alone task seconds"] = alone[3:]
     for variant, (algorithm, _) in VARIANTS.items():
         record["agreement"][variant] = spearman(proxy_scores[variant], proxy_scores[algorithm])
     if args.speed:
-        record["speed"]["inference alone"] = mine(tmp / f"s{seed}-speed-infer", model0, pool, "", infer=True,
-                                                  mining=False, classes=classes)[3]
+        alone = mine(tmp / f"s{seed}-speed-infer", model0, pool, "", infer=True, mining=False, classes=classes)
+        record["speed"]["inference alone"], record["speed"]["inference alone task seconds"] = alone[3:]
     for method in args.methods:
         labelled, model, maps, selected = set(initial), model0, [map0], []
         for r in range(1, args.rounds + 1):
             unlabelled = [i for i in range(args.pool) if i not in labelled]
-            _, scores, _, _ = mine(tmp / f"s{seed}-{method}-m{r}", model, [pool[i] for i in unlabelled], method,
+            _, scores, _, _, _ = mine(tmp / f"s{seed}-{method}-m{r}", model, [pool[i] for i in unlabelled], method,
                                    classes=classes)
             picked = [unlabelled[i] for i in np.argsort(-scores, kind="stable")[:args.budget]]
             selected.append(selection_stats([pool[i] for i in picked], len(classes) - 1,

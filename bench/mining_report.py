@@ -129,3 +129,12 @@ def summarise(records: list) -> None:
             print(f"| {m} | no forward pass | - | {both:.1f} | - |")
         else:
             print(f"| {m} | {alone:.1f} | {base / alone:.2f}x | {both:.1f} | {alone / both:.2f}x |")
+    if "inference alone task seconds" not in speed:  # recorded before the whole tasks were timed
+        return
+    base = speed["inference alone task seconds"]
+    print(f"\nwhole tasks (start-up, loop, ranking, outputs): plain inference {base:.1f} s\n")
+    print("| method | mining task s | cost vs the inference task | mining + inference task s | cost vs mining alone |")
+    print("|---|---|---|---|---|")
+    for m in (m for m in NAMES if f"{m} alone task seconds" in speed):
+        alone, both = speed[f"{m} alone task seconds"], speed[f"{m} + inference task seconds"]
+        print(f"| {m} | {alone:.1f} | {alone / base:.2f}x | {both:.1f} | {both / alone:.2f}x |")
