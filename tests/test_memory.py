@@ -1,6 +1,6 @@
 """The memory a cache may take: the machine's MemAvailable, bounded by a container's cgroup limit (v1 and v2, with
 and without a cgroup namespace), from files laid out as the kernel lays them out."""
-from utils.memory import available_memory, cgroup_room
+from utils.data.memory import available_memory, cgroup_room
 
 GB = 1 << 30
 

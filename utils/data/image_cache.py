@@ -2,8 +2,8 @@
 first epoch, in the main process, so that every loader worker (started after it, and kept for the whole run) and
 every epoch read it. `ram` keeps the arrays in memory, shared with the workers copy-on-write; `disk` writes each one
 as a `.npy` file in a temporary folder (never under /in) and reads it back. A cache that would not fit (ram: the
-memory available, a container's limit included (utils.memory), with YOLOv5's 10 % margin; disk: the folder's free
-space) says so, and training goes on without it."""
+memory available, a container's limit included (utils.data.memory), with YOLOv5's 10 % margin; disk: the folder's
+free space) says so, and training goes on without it."""
 from __future__ import annotations
 
 import contextlib
@@ -20,8 +20,8 @@ import numpy as np
 
 from utils.data.images import ImageReadError
 from utils.data.letterbox import long_side_size
+from utils.data.memory import available_memory
 from utils.data.sample import Sample
-from utils.memory import available_memory
 
 LOG = logging.getLogger(__name__)
 SAFETY_MARGIN = 0.1  # YOLOv5's check_cache_ram: the cache must fit 1.1 times in the available memory
