@@ -11,7 +11,8 @@ import yaml
 from models.yolo import DetectionModel
 from utils.checkpoint import save_checkpoint
 from ymir.dataset import read_split
-from ymir.local.task_folder import main, yolo_boxes
+from ymir.local.dataset_folder import yolo_boxes
+from ymir.local.task_folder import main
 from ymir.paths import PathMapper
 
 
