@@ -42,7 +42,8 @@ import yaml
 from gpu_check_report import CheckFailed, Report
 from gpu_measures import matched_share, original_step, per_call_seconds, sync, synthetic_batch, training_step
 
-from models.yolo import MODEL_NAMES, DetectionModel
+from models.architecture import MODEL_NAMES
+from models.yolo import DetectionModel
 from utils.checkpoint import build_model, read_checkpoint
 from utils.data.letterboxed import LetterboxedImages, collate
 from utils.data.sample import Sample

@@ -4,7 +4,7 @@ import dataclasses
 import pytest
 import yaml
 
-from models.yolo import MODEL_NAMES
+from models.architecture import MODEL_NAMES
 from utils.hyperparameters import SCRATCH_LOW
 from utils.train_settings import TrainSettings, flags
 from ymir.config import (

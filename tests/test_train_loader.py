@@ -112,7 +112,8 @@ def test_validation_keeps_its_workers_and_with_cache_reads_no_file_after_the_fir
     """The validation loader's workers live for the whole run; under `--cache` the validation images are cached
     too: once the files are gone, validation still sees the first epoch's images (without the cache, blanks)."""
     import utils.trainer
-    from models.yolo import DetectionModel, architecture
+    from models.architecture import architecture
+    from models.yolo import DetectionModel
     from utils.train_settings import TrainSettings
 
     train_samples = [write_sample(tmp_path, f"t{i}", (96, 96), BOXES) for i in range(4)]

@@ -25,7 +25,8 @@ import torch
 import torch.nn as nn
 
 from models.activations import DEFAULT_ACTIVATION
-from models.yolo import MAX_PARAMETERS, ArchitectureError, DetectionModel, check_description, plan_layers
+from models.architecture import MAX_PARAMETERS, ArchitectureError, check_description, plan_layers
+from models.yolo import DetectionModel
 from utils import restricted_pickle
 from utils.restricted_pickle import PickledObject
 

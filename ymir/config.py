@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 from models.activations import activation_names, resolve_activation
-from models.yolo import MODEL_NAMES, architecture
+from models.architecture import MODEL_NAMES, architecture
 from utils.train_settings import TrainSettings
 from ymir import coerce
 from ymir.env import EnvConfig, read_yaml_mapping

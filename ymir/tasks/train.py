@@ -13,7 +13,8 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from models.yolo import MODEL_NAMES, ArchitectureError, DetectionModel, architecture
+from models.architecture import MODEL_NAMES, ArchitectureError, architecture
+from models.yolo import DetectionModel
 from utils.checkpoint import (
     Checkpoint,
     CheckpointError,
