@@ -82,11 +82,27 @@ def test_a_boxs_feature_is_read_at_the_cell_that_predicted_it():
     (after level 0's 3 x 8 x 8) is anchor 1, y 2, x 1 at level 1."""
     neck = [torch.randn(2, 8, 8, 8), torch.randn(2, 16, 4, 4)]
     rows = torch.tensor([3 * 8 * 8 + 1 * 16 + 2 * 4 + 1, 2 * 64 + 7 * 8 + 5])
-    features = box_features(neck, 1, rows, anchors=3)
+    none, features = box_features(neck, [torch.zeros(0, dtype=torch.long), rows], anchors=3)
     expected = [neck[1][1, :, 2, 1] @ projection(16, 1), neck[0][1, :, 7, 5] @ projection(8, 0)]
+    assert none.shape == (0, 32)
     for got, want in zip(features, expected):
         assert got == pytest.approx((want / want.norm()).numpy(), abs=1e-5)
     assert projection(16, 1).equal(projection(16, 1)) and not projection(16, 0).equal(projection(16, 1))
+
+
+def test_an_images_features_do_not_depend_on_the_batch_it_is_in():
+    """Gathered for the whole batch at once, yet each image's features are exactly those it gets alone (a shard of
+    two processes batches other images together)."""
+    g = torch.Generator().manual_seed(0)
+    neck = [torch.randn(4, 64, 20, 20, generator=g), torch.randn(4, 128, 10, 10, generator=g),
+            torch.randn(4, 256, 5, 5, generator=g)]
+    total = 3 * (400 + 100 + 25)
+    rows = [torch.randperm(total, generator=g)[:n] for n in (20, 0, 7, 13)]
+    batched = box_features(neck, rows, anchors=3)
+    for b in range(4):
+        alone = box_features([maps[b:b + 1] for maps in neck], [rows[b]], anchors=3)[0]
+        assert np.array_equal(batched[b], alone) and batched[b].shape == (len(rows[b]), 32)
+        assert len(rows[b]) == 0 or np.allclose(np.linalg.norm(alone, axis=1), 1.0, atol=1e-5)
 
 
 @pytest.mark.parametrize("value", ["0.5", [0.5, 0.2], [0.5, "x", None], [True, 0.1, 0.2], [0.5, 1.5, 0.1], {"a": 1}])

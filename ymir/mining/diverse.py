@@ -68,23 +68,31 @@ def projection(channels: int, level: int) -> torch.Tensor:
     return torch.randn(channels, FEATURE_DIM, generator=generator) / FEATURE_DIM ** 0.5
 
 
-def box_features(neck: Sequence[torch.Tensor], b: int, rows: torch.Tensor, anchors: int) -> np.ndarray:
-    """(n, FEATURE_DIM) unit vectors for the decoded rows `rows` of image `b`: the neck's feature vector at the cell
-    of each row's level (the decoded rows run level by level, each anchor x y x x), projected."""
-    out = torch.zeros(len(rows), FEATURE_DIM)
+def box_features(neck: Sequence[torch.Tensor], rows: Sequence[torch.Tensor], anchors: int) -> List[np.ndarray]:
+    """Per image of the batch, (n, FEATURE_DIM) unit vectors for its decoded rows `rows[b]`: the neck's feature
+    vector at the cell of each row's level (the decoded rows run level by level, each anchor x y x x), projected.
+    The cells of the whole batch are gathered at once per level; each image's projection is its own product, so an
+    image's features do not depend on which images share its batch (1 process or several rank alike)."""
+    counts = [len(r) for r in rows]
+    flat = torch.cat([r.cpu() for r in rows]) if rows else torch.zeros(0, dtype=torch.long)
+    image = torch.repeat_interleave(torch.arange(len(rows)), torch.tensor(counts, dtype=torch.long))
+    per_image = [torch.zeros(n, FEATURE_DIM) for n in counts]
     start = 0
     for level, maps in enumerate(neck):
         _, channels, height, width = maps.shape
         end = start + anchors * height * width
-        here = (rows >= start) & (rows < end)
+        here = (flat >= start) & (flat < end)
         if here.any():
-            cell = (rows[here] - start) % (height * width)
-            y = torch.div(cell, width, rounding_mode="floor").to(maps.device)
-            x = (cell - y.cpu() * width).to(maps.device)
-            vectors = maps[b, :, y, x].T.float().cpu()  # (k, channels): only these leave a GPU
-            out[here] = vectors @ projection(channels, level)
+            cell = (flat[here] - start) % (height * width)
+            y = torch.div(cell, width, rounding_mode="floor")
+            x = cell - y * width
+            index = [t.to(maps.device) for t in (image[here], y, x)]
+            vectors = maps.permute(1, 0, 2, 3)[:, index[0], index[1], index[2]].float().cpu()  # (channels, k)
+            owners = image[here]
+            for b in torch.unique(owners).tolist():
+                per_image[b][here[image == b]] = vectors[:, owners == b].T @ projection(channels, level)
         start = end
-    return torch.nn.functional.normalize(out, dim=1).numpy()
+    return [torch.nn.functional.normalize(f, dim=1).numpy() for f in per_image]
 
 
 def image_evidence(scores: np.ndarray, class_probs: np.ndarray, features: np.ndarray, near_miss: float) -> Evidence:

@@ -138,12 +138,12 @@ class DiverseScorer(Scorer):
         dets, indices = non_max_suppression(out.decoded, DIVERSE_MIN_SCORE, self.iou_thres, max_det=self.max_det,
                                             return_indices=True)
         evidence, scores = [], []
-        for b, (det, rows) in enumerate(zip(dets, indices)):
+        batch_features = box_features(out.features, indices, self.anchors)
+        for b, (det, rows, features) in enumerate(zip(dets, indices, batch_features)):
             if metas[b].error is not None:  # a blank stand-in for an unreadable file: its score is set later
                 evidence.append(None)
                 scores.append(0.0)
                 continue
-            features = box_features(out.features, b, rows.cpu(), self.anchors)
             near_miss = 0.0 if len(det) else best_raw_score(out.decoded[b])
             evidence.append(image_evidence(det[:, 4].numpy(), out.decoded[b, rows, 5:].numpy(), features, near_miss))
             scores.append(image_uncertainty(evidence[-1].rows, np.ones(out.decoded.shape[2] - 5))
