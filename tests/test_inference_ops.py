@@ -64,6 +64,34 @@ def test_greedy_nms_keeps_what_torchvision_keeps(count, spread):
     assert count < 700 or 20 < kept[0.3] < count / 2 < kept[0.7] < count  # suppression, not of everything
 
 
+@pytest.mark.parametrize("max_det", [20, 1000])
+def test_nms_once_at_a_floor_gives_what_nms_keeps_at_each_higher_threshold(max_det):
+    """Mining reads boxes at a lower score than the task's conf_thres: NMS runs once, at the lower, and the
+    detections at conf_thres and at any threshold between are exactly those of their own NMS runs."""
+    from utils.data.letterboxed import ImageMeta
+    from utils.inference import detect
+
+    prediction = random_predictions(seed=7)
+    prediction[..., 2:4] *= 0.2  # small boxes: little suppression, so the thresholds keep different numbers
+    metas = [ImageMeta(i, (320, 320), (1.0, 1.0), (0.0, 0.0)) for i in range(3)]
+    out = detect(lambda images: (prediction, []), torch.zeros(3, 3, 8, 8), metas, 0.25, 0.45, max_det, floor=0.05)
+    assert out.floor == 0.05
+    for conf, (dets, indices) in [(0.25, (out.detections, out.indices)), (0.05, out.above(0.05)),
+                                  (0.12, out.above(0.12)), (0.25, out.above(0.25))]:
+        expected, expected_indices = non_max_suppression(prediction, conf, 0.45, max_det=max_det, return_indices=True)
+        for got, want, got_i, want_i in zip(dets, expected, indices, expected_indices):
+            assert torch.equal(got, want) and torch.equal(got_i, want_i)
+    counts = [len(d) for d in out.above(0.05)[0]], [len(d) for d in out.detections]
+    if max_det == 20:  # max_det cuts both: the 20 best kept at 0.05 are those over 0.25 too
+        assert counts[0] == counts[1] == [20, 20, 20]
+    else:
+        assert sum(counts[0]) > sum(counts[1]) > 30
+    with pytest.raises(ValueError):
+        out.above(0.01)  # below what NMS ran at: not derivable
+    plain = detect(lambda images: (prediction, []), torch.zeros(3, 3, 8, 8), metas, 0.25, 0.45, max_det)
+    assert plain.floor == 0.25 and all(torch.equal(a, b) for a, b in zip(plain.detections, out.detections))
+
+
 def clustered_boxes(count: int, spread: float, seed: int):
     g = torch.Generator().manual_seed(seed)
     centres = torch.rand(max(count // 20, 1), 2, generator=g) * spread

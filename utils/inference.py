@@ -75,24 +75,47 @@ def make_detector(model: DetectionModel, device: torch.device, img_size: int, fe
 
 @dataclass
 class BatchOutput:
-    """One forward pass and its NMS: detections in letterboxed-input pixels, with their raw row indices."""
+    """One forward pass and its NMS: detections in letterboxed-input pixels, with their raw row indices. NMS ran
+    once, at `floor` (at most the detections' threshold); `above` gives what it keeps at any higher threshold."""
 
     decoded: torch.Tensor  # (B, N, 5 + nc), on the CPU
     levels: List[torch.Tensor]  # raw per-level maps, on the device
     detections: List[torch.Tensor]  # per image (n, 6): x1, y1, x2, y2, score, class
     indices: List[torch.Tensor]  # per image (n,): rows of `decoded`
     features: Optional[List[torch.Tensor]] = None  # the neck's maps, from a detector made with `features`
+    floor: Optional[float] = None  # the score threshold NMS ran at
+    floor_kept: Optional[Tuple[List[torch.Tensor], List[torch.Tensor]]] = None  # what it kept: as detections, indices
+
+    def above(self, conf_thres: float) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        """(detections, indices) exactly as NMS at conf_thres with the same IoU threshold and max_det keeps them,
+        for conf_thres >= floor. Greedy NMS decides each box by better-scored boxes alone, so of the boxes it keeps
+        at the floor, those scoring over conf_thres are the ones it keeps at conf_thres, in the same order (and the
+        first max_det at the floor hold the first max_det over conf_thres)."""
+        if self.floor is None or self.floor_kept is None or conf_thres < self.floor:
+            raise ValueError(f"NMS ran at {self.floor}: the boxes kept at {conf_thres} cannot be derived from it")
+        return _scoring_over(*self.floor_kept, conf_thres)
+
+
+def _scoring_over(detections: List[torch.Tensor], indices: List[torch.Tensor],
+                  conf_thres: float) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+    keep = [d[:, 4] > conf_thres for d in detections]
+    return [d[k] for d, k in zip(detections, keep)], [i[k] for i, k in zip(indices, keep)]
 
 
 def detect(detector: ForwardPass, images_uint8: torch.Tensor, metas: List[ImageMeta], conf_thres: float,
-           iou_thres: float, max_det: int) -> BatchOutput:
+           iou_thres: float, max_det: int, floor: Optional[float] = None) -> BatchOutput:
+    """The forward pass and NMS; with `floor` (a lower threshold a mining scorer reads boxes at), NMS runs once,
+    at the lower of the two, and the detections at conf_thres are derived from it (BatchOutput.above)."""
     decoded, levels, *features = detector(images_uint8)
-    dets, indices = non_max_suppression(decoded, conf_thres, iou_thres, max_det=max_det, return_indices=True)
+    low = conf_thres if floor is None else min(floor, conf_thres)
+    dets, indices = non_max_suppression(decoded, low, iou_thres, max_det=max_det, return_indices=True)
     for i, meta in enumerate(metas):
         if meta.error is not None:  # a blank stand-in for an unreadable file predicts nothing
             dets[i], indices[i] = dets[i][:0], indices[i][:0]
-    return BatchOutput(decoded.float().cpu(), levels, [d.float().cpu() for d in dets], [i.cpu() for i in indices],
-                       features[0] if features else None)
+    dets, indices = [d.cpu() for d in dets], [i.cpu() for i in indices]
+    at_conf = _scoring_over(dets, indices, conf_thres) if low < conf_thres else (dets, indices)  # in NMS's dtype
+    return BatchOutput(decoded.float().cpu(), levels, [d.float() for d in at_conf[0]], at_conf[1],
+                       features[0] if features else None, low, ([d.float() for d in dets], indices))
 
 
 def in_original_pixels(detections: torch.Tensor, meta: ImageMeta) -> np.ndarray:

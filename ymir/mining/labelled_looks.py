@@ -51,12 +51,12 @@ def describe_images(detector: ForwardPass, paths: Sequence, img_size: int, nc: i
     """(m, nc x FEATURE_DIM) descriptors of the readable images in which the model finds a box, as mining's
     `diverse` makes them for candidates at the same iou_thres and max_det (same score threshold, NMS and
     features); after `seconds`, the images described so far."""
-    scorer = DiverseScorer(iou_thres, max_det, anchors)
+    scorer = DiverseScorer(anchors)
     loader = DataLoader(LetterboxedImages(list(paths), img_size), batch_size=batch_size, shuffle=False,
                         num_workers=workers, collate_fn=collate)
     looks, started = [], time.monotonic()
     for images, metas in loader:
-        with torch.inference_mode():  # the scorer keeps boxes at MIN_SCORE: no NMS at a lower threshold first
+        with torch.inference_mode():  # NMS at the scorer's MIN_SCORE, once
             out = detect(detector, images, metas, MIN_SCORE, iou_thres, max_det)
             _, evidence = scorer.score_and_describe(images, out, metas, [str(m.index) for m in metas])
         looks += [descriptor(e.rows, nc) for e in evidence if e is not None and len(e.rows)]

@@ -69,13 +69,13 @@ class MiningAlgorithm:
 
 ALGORITHMS: Dict[str, MiningAlgorithm] = {a.name: a for a in (
     MiningAlgorithm("random", False, lambda i: RandomScorer(i.count, i.config.seed)),
-    MiningAlgorithm("entropy", True, lambda i: EntropyScorer(i.config.iou_thres, i.config.max_det)),
+    MiningAlgorithm("entropy", True, lambda i: EntropyScorer()),
     MiningAlgorithm("aldd", True, lambda i: AlddScorer(i.config.class_distribution_scores, i.nc,
                                                        i.config.aldd_resolution)),
     MiningAlgorithm("cald", True, lambda i: CaldScorer(i.detector, i.config, i.label_histogram
                                                        if i.config.cald_class_diversity else None),
                     finalise=cald_finalise),
-    MiningAlgorithm("diverse", True, lambda i: DiverseScorer(i.config.iou_thres, i.config.max_det, i.anchors),
+    MiningAlgorithm("diverse", True, lambda i: DiverseScorer(i.anchors),
                     finalise=diverse_finalise, needs_features=True),
 )}
 NAMES = tuple(ALGORITHMS)

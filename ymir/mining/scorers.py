@@ -9,7 +9,6 @@ import torch
 
 from utils.data.letterboxed import ImageMeta
 from utils.inference import BatchOutput, ForwardPass, detect
-from utils.nms import non_max_suppression
 from ymir.mining import UNREADABLE_SCORE
 from ymir.mining.aldd import aldd_scores, class_weights
 from ymir.mining.cald import (
@@ -31,6 +30,8 @@ if TYPE_CHECKING:
 
 
 class Scorer:
+    nms_floor: Optional[float] = None  # the score threshold the scorer reads boxes at (BatchOutput.above), if any
+
     def score_batch(self, images: torch.Tensor, out: BatchOutput, metas: List[ImageMeta],
                     keys: Sequence[str]) -> List[float]:
         raise NotImplementedError
@@ -52,12 +53,12 @@ class RandomScorer(Scorer):
 
 
 class EntropyScorer(Scorer):
-    def __init__(self, iou_thres: float, max_det: int):
-        self.iou_thres, self.max_det = iou_thres, max_det
+    """The boxes NMS keeps at ENTROPY_MIN_SCORE, from the shared pass's NMS (the task's IoU threshold and max_det)."""
+
+    nms_floor = ENTROPY_MIN_SCORE
 
     def score_batch(self, images, out, metas, keys):
-        dets, indices = non_max_suppression(out.decoded, ENTROPY_MIN_SCORE, self.iou_thres, max_det=self.max_det,
-                                            return_indices=True)
+        dets, indices = out.above(ENTROPY_MIN_SCORE)
         return [entropy_score(det[:, 4].numpy(), out.decoded[b, idx, 5:].numpy(),
                               0.0 if len(det) else best_raw_score(out.decoded[b]))
                 for b, (det, idx) in enumerate(zip(dets, indices))]
@@ -126,8 +127,10 @@ class DiverseScorer(Scorer):
     """Each image's evidence (its confident boxes, their uncertainty and neck features); the ranking itself is
     made once the whole pool is scored (ymir.mining.diverse). The score here weighs every class alike."""
 
-    def __init__(self, iou_thres: float, max_det: int, anchors: int):
-        self.iou_thres, self.max_det, self.anchors = iou_thres, max_det, anchors
+    nms_floor = DIVERSE_MIN_SCORE
+
+    def __init__(self, anchors: int):
+        self.anchors = anchors
 
     def score_batch(self, images, out, metas, keys):
         return self.score_and_describe(images, out, metas, keys)[0]
@@ -135,8 +138,7 @@ class DiverseScorer(Scorer):
     def score_and_describe(self, images, out, metas, keys):
         if out.features is None:
             raise ValueError("diverse mining needs a detector made with features=True")
-        dets, indices = non_max_suppression(out.decoded, DIVERSE_MIN_SCORE, self.iou_thres, max_det=self.max_det,
-                                            return_indices=True)
+        dets, indices = out.above(DIVERSE_MIN_SCORE)
         evidence, scores = [], []
         batch_features = box_features(out.features, indices, self.anchors)
         for b, (det, rows, features) in enumerate(zip(dets, indices, batch_features)):

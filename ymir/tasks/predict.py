@@ -137,7 +137,8 @@ def _predict_shard(ctx: TaskContext, candidates: Sequence[Tuple[str, object]], c
     line = ProgressLine(f"rank {rank}: images" if world > 1 else "images", len(shard))
     for images, metas in loader:
         with torch.inference_mode():  # no autograd bookkeeping for the forward passes nor the scores
-            out = detect(detector, images, metas, settings.conf_thres, settings.iou_thres, settings.max_det)
+            out = detect(detector, images, metas, settings.conf_thres, settings.iou_thres, settings.max_det,
+                         floor=scorer.nms_floor if scorer else None)
             keys = [candidates[m.index][0] for m in metas]
             batch_scores, evidence = scorer.score_and_describe(images, out, metas, keys) if scorer else (
                 [0.0] * len(metas), [None] * len(metas))
