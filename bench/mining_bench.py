@@ -15,7 +15,8 @@ set. Every step runs the executor itself (`start.py`) on YMIR-style /in and /out
             unshifted images, AP@0.5 per class (where a method's mAP is won or lost)
   speed     images/s of plain inference, of mining with each algorithm, and of mining + inference in one run,
             from the executor's own timing line (the forward/score loop, without start-up); and the wall time of
-            each whole task (start-up, the loop, a ranking that needs the whole pool, the outputs)
+            each whole task (start-up, the loop, a ranking that needs the whole pool, the outputs); with
+            --speed-repeats N, the median of N runs, the tasks taking turns
 
 With --shift, a share of the pool and of the test split lies on a second background (a domain shift) that the
 initial set lacks; with --source N, round 0 fine-tunes a model trained once on N generated images without the
@@ -36,7 +37,7 @@ methods run through the rounds (a variant such as cald@share0.1 too); runs of th
 --methods merge in the summary, since round 0 is deterministic.
 
     .venv/bin/python bench/mining_bench.py [--seeds 1] [--first-seed 0] [--pool 360] [--initial 120]
-                                           [--rounds 2] [--budget 60] [--skip-speed] [--record FILE]
+                                           [--rounds 2] [--budget 60] [--skip-speed] [--speed-repeats N] [--record FILE]
                                            [--finetune-options "--hyp warmup_epochs=0 mosaic=0 lr0=0.02"]
                                            [--shift 0.3] [--source 360 --source-epochs 60 --source-cache DIR]
                                            [--source-frequencies 0.25,0.25,0.25,0.25]
@@ -245,20 +246,14 @@ def run_seed(seed: int, args, tmp: Path, source) -> dict:
               "unlabelled": selection_stats([pool[i] for i in range(args.pool) if i not in initial], len(classes) - 1)}
     proxy_scores = {}
     for method in NAMES:
-        paths, scores, detections, speed, seconds = mine(tmp / f"s{seed}-proxy-{method}", model0, pool, method,
+        paths, scores, detections, _, _ = mine(tmp / f"s{seed}-proxy-{method}", model0, pool, method,
                                                          infer=True, classes=classes)
         proxy_scores[method] = scores
         record["spearman"][method] = spearman(scores, image_errors(paths, detections, pool, classes))
-        if args.speed:
-            record["speed"][f"{method} + inference"] = speed
-            record["speed"][f"{method} + inference task seconds"] = seconds
-            alone = mine(tmp / f"s{seed}-speed-{method}", model0, pool, method, classes=classes)
-            record["speed"][f"{method} alone"], record["speed"][f"{method} alone task seconds"] = alone[3:]
     for variant, (algorithm, _) in VARIANTS.items():
         record["agreement"][variant] = spearman(proxy_scores[variant], proxy_scores[algorithm])
     if args.speed:
-        alone = mine(tmp / f"s{seed}-speed-infer", model0, pool, "", infer=True, mining=False, classes=classes)
-        record["speed"]["inference alone"], record["speed"]["inference alone task seconds"] = alone[3:]
+        record["speed"] = speed_section(tmp / f"s{seed}-speed", model0, pool, classes, args.speed_repeats)
     for method in args.methods:
         labelled, model, maps, selected = set(initial), model0, [map0], []
         for r in range(1, args.rounds + 1):
@@ -277,6 +272,25 @@ def run_seed(seed: int, args, tmp: Path, source) -> dict:
         print(f"seed {seed} {method}: mAP@0.5 by round {' -> '.join(f'{m:.4f}' for m in maps)}", flush=True)
     record["seconds"] = round(time.time() - started)
     return record
+
+
+def speed_section(work: Path, model: Path, pool, classes, repeats: int) -> dict:
+    """Each task's loop rate (images/s) and whole-task seconds: plain inference, each method alone and with
+    inference; the median of `repeats` runs, the tasks taking turns in each round (the machine's speed drifts)."""
+    tasks = [("inference alone", "", True, False)] + [(f"{m} alone", m, False, True) for m in NAMES] + \
+        [(f"{m} + inference", m, True, True) for m in NAMES]
+    samples = {name: [] for name, *_ in tasks}
+    for repeat in range(repeats):
+        for name, method, infer, mining in tasks:
+            folder = work / f"{repeat}-{name.replace(' ', '-')}"
+            samples[name].append(mine(folder, model, pool, method, infer=infer, mining=mining, classes=classes)[3:])
+            shutil.rmtree(folder, ignore_errors=True)
+    speed = {}
+    for name, values in samples.items():
+        rates = [rate for rate, _ in values if rate is not None]  # random mining alone runs no forward pass
+        speed[name] = float(np.median(rates)) if rates else None
+        speed[f"{name} task seconds"] = float(np.median([seconds for _, seconds in values]))
+    return speed
 
 
 def calibrate(seed: int, args, tmp: Path) -> None:
@@ -338,6 +352,8 @@ def main():
                              f"{TRAIN_OPTIONS!r} from scratch)")
     parser.add_argument("--skip-speed", dest="speed", action="store_false",
                         help="leave out the speed section (otherwise measured with the first seed)")
+    parser.add_argument("--speed-repeats", type=int, default=1,
+                        help="run each task of the speed section this many times, taking turns; medians reported")
     parser.add_argument("--methods", type=lambda text: tuple(m.strip() for m in text.split(",")), default=METHODS,
                         metavar="M,M,...", help=f"methods run through the rounds, of {', '.join(NAMES)} (default: "
                                                 f"{','.join(METHODS)}); --summarise merges runs of one seed")
