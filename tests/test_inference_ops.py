@@ -73,6 +73,7 @@ def test_nms_once_at_a_floor_gives_what_nms_keeps_at_each_higher_threshold(max_d
 
     prediction = random_predictions(seed=7)
     prediction[..., 2:4] *= 0.2  # small boxes: little suppression, so the thresholds keep different numbers
+    prediction[0, :, 4:] = (prediction[0, :, 4:] * 8).ceil() / 8  # image 0: scores on a few levels, ties throughout
     metas = [ImageMeta(i, (320, 320), (1.0, 1.0), (0.0, 0.0)) for i in range(3)]
     out = detect(lambda images: (prediction, []), torch.zeros(3, 3, 8, 8), metas, 0.25, 0.45, max_det, floor=0.05)
     assert out.floor == 0.05
@@ -114,6 +115,12 @@ def test_first_kept_equals_the_whole_run(monkeypatch, kernel):
 
     monkeypatch.setattr(utils.nms, "NMS_KERNEL", counted)
     boxes, scores = clustered_boxes(3000, 400, seed=1)
+    tied = (scores * 4).floor() / 4  # four score levels: ties everywhere, kept in the candidates' order
+    in_order = torch.arange(len(scores), 0, -1).float()  # (torchvision before 0.12 sorts ties in no fixed order)
+    for iou in (0.3, 0.6):
+        for max_det in (40, 300):
+            expected = whole_kernel(boxes, in_order, iou)[:max_det]
+            assert torch.equal(utils.nms.first_kept(boxes, tied, iou, max_det), expected)
     for iou in (0.3, 0.6):
         for max_det in (1, 40, 300, 1000, 5000):
             expected = whole_kernel(boxes, scores, iou)[:max_det]

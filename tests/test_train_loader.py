@@ -141,3 +141,44 @@ def test_validation_keeps_its_workers_and_with_cache_reads_no_file_after_the_fir
         assert torch.equal(images0, images1)
     else:  # an image that cannot be read is validated as a blank
         assert bool((images1 == 114).all())
+
+
+def test_disk_caches_leave_no_folder_when_training_fails_in_its_set_up_or_the_fill_fails(tmp_path, monkeypatch):
+    """A failure after the caches are filled (here the optimiser's set-up), or while a cache fills (a full disk),
+    removes the disk caches' folders all the same."""
+    import tempfile
+
+    import utils.trainer
+    from models.architecture import architecture
+    from models.yolo import DetectionModel
+    from utils.train_settings import TrainSettings
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    train_samples = [write_sample(tmp_path, f"t{i}", (96, 96), BOXES) for i in range(4)]
+    val_samples = [write_sample(tmp_path, f"v{i}", (96, 96), BOXES) for i in range(2)]
+
+    def broken(self):
+        assert len(list((tmp_path / "tmp").glob("yolov5-image-cache-*"))) == 2  # both caches were made
+        raise RuntimeError("set-up failed")
+
+    monkeypatch.setattr(utils.trainer.Trainer, "build_optimization", broken)
+    settings = TrainSettings(model="yolov5n", epochs=1, batch_size=2, img_size=64, device=torch.device("cpu"),
+                             seed=1, autoanchor=False, cache="disk")
+    with pytest.raises(RuntimeError, match="set-up failed"):
+        utils.trainer.train(DetectionModel(architecture("yolov5n"), nc=1), train_samples, val_samples, settings,
+                            lambda report, best, ema_model: True)
+    assert not list((tmp_path / "tmp").iterdir())
+
+    saved, real_save = [], np.save
+
+    def full_disk(path, array):
+        if saved:
+            raise OSError(28, "No space left on device")
+        saved.append(path)
+        real_save(path, array)
+
+    monkeypatch.setattr(image_cache.np, "save", full_disk)
+    with pytest.raises(OSError):
+        TrainImages(train_samples, 64, dict(SCRATCH_LOW)).images.use_cache("disk")
+    assert saved and not list((tmp_path / "tmp").iterdir())

@@ -31,7 +31,7 @@ def greedy_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_thres: float) -> t
     kernel, so both suppress exactly the same pairs). Block by block: a block is first cut down by every box kept
     before it (one IoU matrix), then walked in score order, each survivor striking out the block's boxes it
     overlaps (one boolean row each)."""
-    order = scores.argsort(descending=True)
+    order = scores.sort(descending=True, stable=True)[1]  # ties keep their order, as torchvision's kernel
     boxes = boxes[order]
     kept_parts: List[torch.Tensor] = []
     kept_boxes = boxes[:0]
@@ -88,9 +88,10 @@ def first_kept(boxes: torch.Tensor, scores: torch.Tensor, iou_thres: float, max_
     kernel's work grows with candidates x kept, so where the candidates are many (validation's 0.001 threshold on
     a young model) the prefix saves most of it; the growing prefixes cost at most 1/(PREFIX_GROWTH - 1) more than
     one whole run where they do not."""
-    size = PREFIX_START * max_det
+    ranks = torch.arange(len(scores), 0, -1, dtype=torch.float32, device=scores.device)  # strictly decreasing:
+    size = PREFIX_START * max_det  # no kernel's own sort can reorder tied candidates between a prefix and the rest
     while True:
-        kept = NMS_KERNEL(boxes[:size], scores[:size], iou_thres)
+        kept = NMS_KERNEL(boxes[:size].float(), ranks[:size], iou_thres)
         if len(kept) >= max_det or size >= len(scores):
             return kept[:max_det]
         size *= PREFIX_GROWTH
@@ -130,7 +131,8 @@ def non_max_suppression(prediction: torch.Tensor, conf_thres: float = 0.25, iou_
             index = index[keep]
         if not x.shape[0]:
             continue
-        order = x[:, 4].argsort(descending=True)[:MAX_NMS_INPUT]
+        order = x[:, 4].sort(descending=True, stable=True)[1][:MAX_NMS_INPUT]  # ties in row order, so NMS at
+        # any threshold orders the same candidates alike (utils.inference.BatchOutput.above)
         x, index = x[order], index[order]
         offset = x[:, 5:6] * (0 if agnostic else MAX_BOX_SIZE)
         kept = first_kept(x[:, :4] + offset, x[:, 4], iou_thres, max_det)

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
 
 from models.yolo import DetectionModel
 from utils.autoanchor import check_anchors
+from utils.data.image_cache import ImageCache
 from utils.data.image_weights import ImageWeightedSampler, class_weights, epoch_class_weights, image_weights
 from utils.data.sample import Sample
 from utils.data.train_data import EpochIndices, EpochShuffle, TrainImages, ValImages, collate_train, collate_val
@@ -98,19 +99,19 @@ class Trainer:
         self.device = s.device
         self.hyp = scaled_hyp(s.training_hyp, model.nc, model.detect.nl, s.img_size)
         self.last_step, self.best, self.best_epoch = -1, None, 0
+        self.caches: List[ImageCache] = []
 
     def run(self, train_samples: Sequence[Sample], val_samples: Sequence[Sample]) -> None:
-        self.before_train(train_samples, val_samples)
-        try:
+        try:  # the image caches are closed however the run ends, set-up included (a disk cache's folder goes)
+            self.before_train(train_samples, val_samples)
             for epoch in range(self.s.epochs):
                 started = time.time()
                 losses, lrs, examples = self.train_one_epoch(epoch)
                 if self.after_epoch(epoch, losses, lrs, examples, started):
                     break
         finally:
-            for images in (self.train_set.images, self.val_loader.dataset.images if self.val_loader else None):
-                if images is not None and images.cache is not None:
-                    images.cache.close()  # a disk cache's folder goes
+            for cache in self.caches:
+                cache.close()
 
     # ---- before_train -------------------------------------------------------------------------------------------
 
@@ -147,6 +148,7 @@ class Trainer:
                                      single_cls=s.single_cls, rect=s.rect, batch_size=s.batch_size, stride=gs)
         if s.cache:
             self.train_set.images.use_cache(s.cache)
+            self.caches += [self.train_set.images.cache] if self.train_set.images.cache is not None else []
         if s.image_weights:
             self.sampler = ImageWeightedSampler(len(self.train_set), s.seed, self.rank, self.world)
             self.base_class_weights = class_weights(self.train_set.samples, self.model.nc)
@@ -173,6 +175,7 @@ class Trainer:
         val_set = ValImages(val_samples, s.img_size, s.batch_size * 2, self.model.image_size_step, s.single_cls)
         if s.cache:
             val_set.images.use_cache(s.cache, "validation")
+            self.caches += [val_set.images.cache] if val_set.images.cache is not None else []
         return DataLoader(val_set, batch_size=s.batch_size * 2, shuffle=False, num_workers=s.workers,
                           collate_fn=collate_val, persistent_workers=s.workers > 0)
 

@@ -82,8 +82,12 @@ def build_cache(kind: str, samples: Sequence[Sample], img_size: int, read_resize
         with contextlib.suppress(ImageReadError):  # the loader replaces such an image and says so when it meets it
             cache.put(index, read_resized(index))
 
-    with ThreadPoolExecutor(max_workers=min(FILL_THREADS, os.cpu_count() or 1)) as pool:
-        list(pool.map(fill, range(len(samples))))
+    try:
+        with ThreadPoolExecutor(max_workers=min(FILL_THREADS, os.cpu_count() or 1)) as pool:
+            list(pool.map(fill, range(len(samples))))
+    except BaseException:  # a full disk, a signal: no half-filled folder left behind
+        cache.close()
+        raise
     LOG.info("--cache %s: %d %s images, %.2f GB%s", kind, len(samples), split, needed / 1e9,
              f" in {folder}" if folder is not None else "")
     return cache
