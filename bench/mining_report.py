@@ -119,22 +119,23 @@ def summarise(records: list) -> None:
     speed = next((r["speed"] for r in records if r["speed"]), None)
     if not speed:
         return
-    base = speed["inference alone"]
-    print(f"\nplain inference: {base:.1f} images/s\n")
-    print("| method | mining images/s | cost vs inference | mining + inference images/s | cost vs mining alone |")
+    print(f"\nplain inference: {speed['inference alone']:.1f} images/s\n")
+    cost_table(speed, "", "images/s", lambda rate: 1 / rate)
+    if "inference alone task seconds" in speed:  # not in records made before the whole tasks were timed
+        print(f"\nwhole tasks (start-up, loop, ranking, outputs): plain inference "
+              f"{speed['inference alone task seconds']:.1f} s\n")
+        cost_table(speed, " task seconds", "s", lambda seconds: seconds)
+
+
+def cost_table(speed: dict, suffix: str, unit: str, cost) -> None:
+    """Each method's figure (`suffix` of the speed keys, in `unit`) alone and with inference, and its cost (`cost`
+    of a figure: time per image or per task) against plain inference and against mining alone."""
+    base = cost(speed[f"inference alone{suffix}"])
+    print(f"| method | mining {unit} | cost vs inference | mining + inference {unit} | cost vs mining alone |")
     print("|---|---|---|---|---|")
-    for m in (m for m in NAMES if f"{m} alone" in speed):
-        alone, both = speed[f"{m} alone"], speed[f"{m} + inference"]
-        if alone is None:
+    for m in (m for m in NAMES if f"{m} alone{suffix}" in speed):
+        alone, both = speed[f"{m} alone{suffix}"], speed[f"{m} + inference{suffix}"]
+        if alone is None:  # random mining alone runs no forward pass: no loop rate
             print(f"| {m} | no forward pass | - | {both:.1f} | - |")
         else:
-            print(f"| {m} | {alone:.1f} | {base / alone:.2f}x | {both:.1f} | {alone / both:.2f}x |")
-    if "inference alone task seconds" not in speed:  # recorded before the whole tasks were timed
-        return
-    base = speed["inference alone task seconds"]
-    print(f"\nwhole tasks (start-up, loop, ranking, outputs): plain inference {base:.1f} s\n")
-    print("| method | mining task s | cost vs the inference task | mining + inference task s | cost vs mining alone |")
-    print("|---|---|---|---|---|")
-    for m in (m for m in NAMES if f"{m} alone task seconds" in speed):
-        alone, both = speed[f"{m} alone task seconds"], speed[f"{m} + inference task seconds"]
-        print(f"| {m} | {alone:.1f} | {alone / base:.2f}x | {both:.1f} | {both / alone:.2f}x |")
+            print(f"| {m} | {alone:.1f} | {cost(alone) / base:.2f}x | {both:.1f} | {cost(both) / cost(alone):.2f}x |")
