@@ -83,17 +83,36 @@ class BatchOutput:
     detections: List[torch.Tensor]  # per image (n, 6): x1, y1, x2, y2, score, class
     indices: List[torch.Tensor]  # per image (n,): rows of `decoded`
     features: Optional[List[torch.Tensor]] = None  # the neck's maps, from a detector made with `features`
-    floor: Optional[float] = None  # the score threshold NMS ran at
+    floor: Optional[float] = None  # the score threshold NMS ran at, with this IoU threshold and max_det:
+    nms: Tuple[float, int] = (0.45, 300)
     floor_kept: Optional[Tuple[List[torch.Tensor], List[torch.Tensor]]] = None  # what it kept: as detections, indices
 
     def above(self, conf_thres: float) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
         """(detections, indices) exactly as NMS at conf_thres with the same IoU threshold and max_det keeps them,
         for conf_thres >= floor. Greedy NMS decides each box by better-scored boxes alone, so of the boxes it keeps
         at the floor, those scoring over conf_thres are the ones it keeps at conf_thres, in the same order (and the
-        first max_det at the floor hold the first max_det over conf_thres)."""
+        first max_det at the floor hold the first max_det over conf_thres). That holds where no two candidates over
+        conf_thres score the same: NMS orders tied candidates as its sort happens to (as the original's does), so
+        an image with ties is given its own NMS at conf_thres."""
         if self.floor is None or self.floor_kept is None or conf_thres < self.floor:
             raise ValueError(f"NMS ran at {self.floor}: the boxes kept at {conf_thres} cannot be derived from it")
-        return _scoring_over(*self.floor_kept, conf_thres)
+        dets, indices = self.floor_kept
+        if conf_thres == self.floor:
+            return list(dets), list(indices)
+        dets, indices = _scoring_over(dets, indices, conf_thres)
+        for b in range(len(dets)):
+            if len(self.floor_kept[1][b]) and _tied_candidates(self.decoded[b], conf_thres):
+                own, own_indices = non_max_suppression(self.decoded[b:b + 1], conf_thres, self.nms[0],
+                                                       max_det=self.nms[1], return_indices=True)
+                dets[b], indices[b] = own[0].float(), own_indices[0]
+        return dets, indices
+
+
+def _tied_candidates(prediction: torch.Tensor, conf_thres: float) -> bool:
+    """Whether two of one image's NMS candidates at conf_thres (non_max_suppression's single-label scores) tie."""
+    scores = (prediction[:, 5:] * prediction[:, 4:5]).max(1).values
+    candidates = scores[(prediction[:, 4] > conf_thres) & (scores > conf_thres)].sort().values
+    return bool((candidates[1:] == candidates[:-1]).any())
 
 
 def _scoring_over(detections: List[torch.Tensor], indices: List[torch.Tensor],
@@ -112,10 +131,10 @@ def detect(detector: ForwardPass, images_uint8: torch.Tensor, metas: List[ImageM
     for i, meta in enumerate(metas):
         if meta.error is not None:  # a blank stand-in for an unreadable file predicts nothing
             dets[i], indices[i] = dets[i][:0], indices[i][:0]
-    dets, indices = [d.cpu() for d in dets], [i.cpu() for i in indices]
-    at_conf = _scoring_over(dets, indices, conf_thres) if low < conf_thres else (dets, indices)  # in NMS's dtype
-    return BatchOutput(decoded.float().cpu(), levels, [d.float() for d in at_conf[0]], at_conf[1],
-                       features[0] if features else None, low, ([d.float() for d in dets], indices))
+    out = BatchOutput(decoded.float().cpu(), levels, [], [], features[0] if features else None, low,
+                      (iou_thres, max_det), ([d.float().cpu() for d in dets], [i.cpu() for i in indices]))
+    out.detections, out.indices = out.above(conf_thres)
+    return out
 
 
 def in_original_pixels(detections: torch.Tensor, meta: ImageMeta) -> np.ndarray:

@@ -26,9 +26,10 @@ PREFIX_GROWTH = 4  # ... and PREFIX_GROWTH times more each time that keeps too f
 
 
 def greedy_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_thres: float) -> torch.Tensor:
-    """Indices of the boxes that greedy NMS keeps, best score first: a box survives unless a kept box with a
-    higher score overlaps it by IoU > iou_thres (box_iou without its epsilon has the arithmetic of torchvision's
-    kernel, so both suppress exactly the same pairs). Block by block: a block is first cut down by every box kept
+    """Indices of the boxes that greedy NMS keeps, best score first (ties in their given order, as torchvision's
+    kernel since 0.12): a box survives unless a kept box with a higher score overlaps it by IoU > iou_thres
+    (box_iou without its epsilon has the arithmetic of torchvision's kernel, so both suppress exactly the same
+    pairs). Block by block: a block is first cut down by every box kept
     before it (one IoU matrix), then walked in score order, each survivor striking out the block's boxes it
     overlaps (one boolean row each)."""
     order = scores.sort(descending=True, stable=True)[1]  # ties keep their order, as torchvision's kernel
@@ -131,8 +132,7 @@ def non_max_suppression(prediction: torch.Tensor, conf_thres: float = 0.25, iou_
             index = index[keep]
         if not x.shape[0]:
             continue
-        order = x[:, 4].sort(descending=True, stable=True)[1][:MAX_NMS_INPUT]  # ties in row order, so NMS at
-        # any threshold orders the same candidates alike (utils.inference.BatchOutput.above)
+        order = x[:, 4].argsort(descending=True)[:MAX_NMS_INPUT]  # as the original orders them, ties included
         x, index = x[order], index[order]
         offset = x[:, 5:6] * (0 if agnostic else MAX_BOX_SIZE)
         kept = first_kept(x[:, :4] + offset, x[:, 4], iou_thres, max_det)
