@@ -93,6 +93,41 @@ def test_nms_once_at_a_floor_gives_what_nms_keeps_at_each_higher_threshold(max_d
     assert plain.floor == 0.25 and all(torch.equal(a, b) for a, b in zip(plain.detections, out.detections))
 
 
+def test_suppress_reports_the_highest_tied_score_and_above_reruns_nms_only_over_it(monkeypatch):
+    """NMS orders tied candidates as the original's argsort happens to; it says per image the highest score two
+    candidates share, so detections derived at a higher threshold need no NMS of their own, and only those at or
+    below it do."""
+    import utils.inference
+    from utils.data.letterboxed import ImageMeta
+    from utils.inference import detect
+    from utils.nms import suppress
+
+    prediction = torch.zeros(3, 5, 5 + 2)
+    prediction[..., 0] = torch.arange(5) * 50.0  # apart: nothing suppressed
+    prediction[..., 1:4] = 20.0
+    prediction[..., 4] = 1.0
+    prediction[0, :, 5] = torch.tensor([0.9, 0.7, 0.7, 0.3, 0.3])
+    prediction[1, :, 5] = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5])
+    prediction[2, :, 5] = torch.tensor([0.9, 0.8, 0.6, 0.6, 0.02])
+    assert suppress(prediction, 0.05).highest_tie == [pytest.approx(0.7), -float("inf"), pytest.approx(0.6)]
+    assert suppress(prediction, 0.65).highest_tie == [pytest.approx(0.7), -float("inf"), -float("inf")]
+
+    metas = [ImageMeta(i, (320, 320), (1.0, 1.0), (0.0, 0.0)) for i in range(3)]
+    out = detect(lambda images: (prediction, []), torch.zeros(3, 3, 8, 8), metas, 0.25, 0.45, 300, floor=0.05)
+    runs = []
+
+    def counted(*args, **kwargs):
+        runs.append(args)
+        return suppress(*args, **kwargs)
+
+    monkeypatch.setattr(utils.inference, "suppress", counted)
+    for conf, reruns in [(0.75, 0), (0.65, 1), (0.5, 2)]:
+        runs.clear()
+        derived = out.above(conf)[0]
+        assert len(runs) == reruns
+        assert [len(d) for d in derived] == [len(d) for d in non_max_suppression(prediction, conf, 0.45)]
+
+
 def clustered_boxes(count: int, spread: float, seed: int):
     g = torch.Generator().manual_seed(seed)
     centres = torch.rand(max(count // 20, 1), 2, generator=g) * spread

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from utils.data.letterboxed import ImageMeta
-from utils.inference import BatchOutput
+from utils.inference import detect
 from ymir.config import MiningConfig
 from ymir.mining import aldd
 from ymir.mining.aldd import aldd_scores, aldd_scores_native, class_weights
@@ -235,9 +235,10 @@ def test_cald_orders_images_without_detections_by_their_strongest_missed_candida
     decoded[0, 1, 4], decoded[0, 1, 5:] = 0.2, torch.tensor([0.9, 0.1])
     decoded[1, 2, 4], decoded[1, 2, 5:] = 0.5, torch.tensor([0.1, 0.05])
     decoded[2, 0, 4], decoded[2, 0, 5:] = 0.1, torch.tensor([0.3, 0.2])
-    out = BatchOutput(decoded, [], [torch.zeros(0, 6)] * 3, [torch.zeros(0, dtype=torch.long)] * 3)
-    scorer = CaldScorer(detector=None, config=MiningConfig(mining_algorithm="cald"), label_histogram=None)
     metas = [ImageMeta(i, (64, 64), (1.0, 1.0), (0.0, 0.0)) for i in range(3)]
+    out = detect(lambda images: (decoded, []), torch.zeros(3, 3, 64, 64, dtype=torch.uint8), metas, 0.25, 0.45, 300)
+    assert [len(d) for d in out.detections] == [0, 0, 0]
+    scorer = CaldScorer(detector=None, config=MiningConfig(mining_algorithm="cald"), label_histogram=None)
     scores = scorer.score_batch(torch.zeros(3, 3, 64, 64, dtype=torch.uint8), out, metas, ["a", "b", "c"])
     assert scores == pytest.approx([1.18, 1.05, 1.03])
     # with detections, the score stays 1 - metric <= 1: every image without detections ranks above

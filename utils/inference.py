@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Protocol, Tuple
 
 import numpy as np
@@ -13,7 +13,7 @@ from models.yolo import DetectionModel
 from utils.boxes import unletterbox_boxes
 from utils.data.letterboxed import ImageMeta
 from utils.neck_features import NeckFeatures
-from utils.nms import non_max_suppression
+from utils.nms import Suppressed, suppress
 from utils.onnx_detector import OnnxDetector
 
 LOG = logging.getLogger(__name__)
@@ -80,12 +80,16 @@ class BatchOutput:
 
     decoded: torch.Tensor  # (B, N, 5 + nc), on the CPU
     levels: List[torch.Tensor]  # raw per-level maps, on the device
-    detections: List[torch.Tensor]  # per image (n, 6): x1, y1, x2, y2, score, class
-    indices: List[torch.Tensor]  # per image (n,): rows of `decoded`
-    features: Optional[List[torch.Tensor]] = None  # the neck's maps, from a detector made with `features`
-    floor: Optional[float] = None  # the score threshold NMS ran at, with this IoU threshold and max_det:
-    nms: Tuple[float, int] = (0.45, 300)
-    floor_kept: Optional[Tuple[List[torch.Tensor], List[torch.Tensor]]] = None  # what it kept: as detections, indices
+    features: Optional[List[torch.Tensor]]  # the neck's maps, from a detector made with `features`
+    floor: float  # the score threshold NMS ran at, with this IoU threshold and max_det:
+    nms: Tuple[float, int]
+    at_floor: Suppressed  # what it kept, on the CPU
+    conf_thres: float  # the detections' threshold
+    detections: List[torch.Tensor] = field(init=False)  # per image (n, 6): x1, y1, x2, y2, score, class
+    indices: List[torch.Tensor] = field(init=False)  # per image (n,): rows of `decoded`
+
+    def __post_init__(self):
+        self.detections, self.indices = self.above(self.conf_thres)
 
     def above(self, conf_thres: float) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
         """(detections, indices) exactly as NMS at conf_thres with the same IoU threshold and max_det keeps them,
@@ -93,32 +97,20 @@ class BatchOutput:
         at the floor, those scoring over conf_thres are the ones it keeps at conf_thres, in the same order (and the
         first max_det at the floor hold the first max_det over conf_thres). That holds where no two candidates over
         conf_thres score the same: NMS orders tied candidates as its sort happens to (as the original's does), so
-        an image with ties is given its own NMS at conf_thres."""
-        if self.floor is None or self.floor_kept is None or conf_thres < self.floor:
+        an image with ties there is given its own NMS at conf_thres."""
+        if conf_thres < self.floor:
             raise ValueError(f"NMS ran at {self.floor}: the boxes kept at {conf_thres} cannot be derived from it")
-        dets, indices = self.floor_kept
+        dets, indices = list(self.at_floor.detections), list(self.at_floor.indices)
         if conf_thres == self.floor:
-            return list(dets), list(indices)
-        dets, indices = _scoring_over(dets, indices, conf_thres)
+            return dets, indices
         for b in range(len(dets)):
-            if len(self.floor_kept[1][b]) and _tied_candidates(self.decoded[b], conf_thres):
-                own, own_indices = non_max_suppression(self.decoded[b:b + 1], conf_thres, self.nms[0],
-                                                       max_det=self.nms[1], return_indices=True)
-                dets[b], indices[b] = own[0].float(), own_indices[0]
+            if len(dets[b]) and self.at_floor.highest_tie[b] > conf_thres:
+                own = suppress(self.decoded[b:b + 1], conf_thres, iou_thres=self.nms[0], max_det=self.nms[1])
+                dets[b], indices[b] = own.detections[0].float(), own.indices[0]
+            else:
+                keep = dets[b][:, 4] > conf_thres
+                dets[b], indices[b] = dets[b][keep], indices[b][keep]
         return dets, indices
-
-
-def _tied_candidates(prediction: torch.Tensor, conf_thres: float) -> bool:
-    """Whether two of one image's NMS candidates at conf_thres (non_max_suppression's single-label scores) tie."""
-    scores = (prediction[:, 5:] * prediction[:, 4:5]).max(1).values
-    candidates = scores[(prediction[:, 4] > conf_thres) & (scores > conf_thres)].sort().values
-    return bool((candidates[1:] == candidates[:-1]).any())
-
-
-def _scoring_over(detections: List[torch.Tensor], indices: List[torch.Tensor],
-                  conf_thres: float) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
-    keep = [d[:, 4] > conf_thres for d in detections]
-    return [d[k] for d, k in zip(detections, keep)], [i[k] for i, k in zip(indices, keep)]
 
 
 def detect(detector: ForwardPass, images_uint8: torch.Tensor, metas: List[ImageMeta], conf_thres: float,
@@ -127,14 +119,14 @@ def detect(detector: ForwardPass, images_uint8: torch.Tensor, metas: List[ImageM
     at the lower of the two, and the detections at conf_thres are derived from it (BatchOutput.above)."""
     decoded, levels, *features = detector(images_uint8)
     low = conf_thres if floor is None else min(floor, conf_thres)
-    dets, indices = non_max_suppression(decoded, low, iou_thres, max_det=max_det, return_indices=True)
+    kept = suppress(decoded, low, iou_thres, max_det=max_det)
     for i, meta in enumerate(metas):
         if meta.error is not None:  # a blank stand-in for an unreadable file predicts nothing
-            dets[i], indices[i] = dets[i][:0], indices[i][:0]
-    out = BatchOutput(decoded.float().cpu(), levels, [], [], features[0] if features else None, low,
-                      (iou_thres, max_det), ([d.float().cpu() for d in dets], [i.cpu() for i in indices]))
-    out.detections, out.indices = out.above(conf_thres)
-    return out
+            kept.detections[i], kept.indices[i] = kept.detections[i][:0], kept.indices[i][:0]
+    kept.detections = [d.float().cpu() for d in kept.detections]
+    kept.indices = [i.cpu() for i in kept.indices]
+    return BatchOutput(decoded.float().cpu(), levels, features[0] if features else None, low, (iou_thres, max_det),
+                       kept, conf_thres)
 
 
 def in_original_pixels(detections: torch.Tensor, meta: ImageMeta) -> np.ndarray:

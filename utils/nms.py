@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional
 
@@ -98,22 +99,30 @@ def first_kept(boxes: torch.Tensor, scores: torch.Tensor, iou_thres: float, max_
         size *= PREFIX_GROWTH
 
 
-def non_max_suppression(prediction: torch.Tensor, conf_thres: float = 0.25, iou_thres: float = 0.45,
-                        multi_label: bool = False, agnostic: bool = False, max_det: int = 300,
-                        return_indices: bool = False):
+@dataclass
+class Suppressed:
+    """What non-maximum suppression keeps of a batch, per image."""
+
+    detections: List[torch.Tensor]  # (n, 6): x1, y1, x2, y2, score, class; best score first
+    indices: List[torch.Tensor]  # (n,): the row of the raw prediction behind each detection
+    highest_tie: List[float]  # the highest score two of the image's candidates share; -inf where no two tie
+
+
+def suppress(prediction: torch.Tensor, conf_thres: float = 0.25, iou_thres: float = 0.45, multi_label: bool = False,
+             agnostic: bool = False, max_det: int = 300) -> Suppressed:
     """`prediction` is (B, N, 5 + nc): centre-x, centre-y, w, h, objectness, class scores.
 
     A candidate needs objectness > conf_thres; its score is objectness x class score, which must also exceed
     conf_thres. Single-label keeps the best class; multi-label keeps every class over the threshold. NMS is
-    per class unless `agnostic`. Returns per image an (n, 6) tensor: x1, y1, x2, y2, score, class; with
-    `return_indices`, also the index in N of the raw prediction behind each detection.
+    per class unless `agnostic`. Candidates are ordered as the original orders them (its argsort, which puts tied
+    scores in no promised order), so `highest_tie` tells a caller above which threshold the order is unambiguous.
     """
     assert 0 <= conf_thres <= 1 and 0 <= iou_thres <= 1
     bs, nc = prediction.shape[0], prediction.shape[2] - 5
     multi_label &= nc > 1
     candidates = prediction[..., 4] > conf_thres
-    out: List[torch.Tensor] = [torch.zeros((0, 6), device=prediction.device)] * bs
-    out_idx: List[torch.Tensor] = [torch.zeros(0, dtype=torch.long, device=prediction.device)] * bs
+    out = Suppressed([torch.zeros((0, 6), device=prediction.device)] * bs,
+                     [torch.zeros(0, dtype=torch.long, device=prediction.device)] * bs, [-float("inf")] * bs)
     for b in range(bs):
         index = candidates[b].nonzero(as_tuple=False).view(-1)
         x = prediction[b, index]
@@ -132,10 +141,22 @@ def non_max_suppression(prediction: torch.Tensor, conf_thres: float = 0.25, iou_
             index = index[keep]
         if not x.shape[0]:
             continue
-        order = x[:, 4].argsort(descending=True)[:MAX_NMS_INPUT]  # as the original orders them, ties included
-        x, index = x[order], index[order]
+        order = x[:, 4].argsort(descending=True)  # as the original orders them, ties included
+        ranked = x[order, 4]
+        tied = ranked[:-1][ranked[1:] == ranked[:-1]]
+        if len(tied):
+            out.highest_tie[b] = float(tied[0])
+        x, index = x[order[:MAX_NMS_INPUT]], index[order[:MAX_NMS_INPUT]]
         offset = x[:, 5:6] * (0 if agnostic else MAX_BOX_SIZE)
         kept = first_kept(x[:, :4] + offset, x[:, 4], iou_thres, max_det)
-        out[b], out_idx[b] = x[kept], index[kept]
-    return (out, out_idx) if return_indices else out
+        out.detections[b], out.indices[b] = x[kept], index[kept]
+    return out
 
+
+def non_max_suppression(prediction: torch.Tensor, conf_thres: float = 0.25, iou_thres: float = 0.45,
+                        multi_label: bool = False, agnostic: bool = False, max_det: int = 300,
+                        return_indices: bool = False):
+    """`suppress`'s detections per image, as the original's function returns them; with `return_indices`, also
+    the index in N of the raw prediction behind each detection."""
+    kept = suppress(prediction, conf_thres, iou_thres, multi_label, agnostic, max_det)
+    return (kept.detections, kept.indices) if return_indices else kept.detections
