@@ -17,7 +17,8 @@ if [ "${1:-}" = "--gpu-image" ]; then
 fi
 if [ "${1:-}" = "--fast" ]; then
   shift
-  .venv/bin/ruff check . && exec .venv/bin/python -m pytest -q -m "not slow" --durations=5 "$@"
+  .venv/bin/ruff check . || exit 1  # a lint failure ends the fast tier (never falls through to the whole run)
+  exec .venv/bin/python -m pytest -q -m "not slow" --durations=5 "$@"
 fi
 FLOOR_TESTS=(
   tests/test_config.py tests/test_dataset.py tests/test_outputs.py tests/test_start.py tests/test_checkpoint.py
