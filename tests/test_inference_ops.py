@@ -95,8 +95,8 @@ def test_nms_once_at_a_floor_gives_what_nms_keeps_at_each_higher_threshold(max_d
 
 def test_suppress_reports_the_highest_tied_score_and_above_reruns_nms_only_over_it(monkeypatch):
     """NMS orders tied candidates as the original's argsort happens to; it says per image the highest score two
-    candidates share, so detections derived at a higher threshold need no NMS of their own, and only those at or
-    below it do."""
+    candidates share, so detections derived at that threshold or higher need no NMS of their own, and only those
+    below it do; an unreadable image reports no tie."""
     import utils.inference
     from utils.data.letterboxed import ImageMeta
     from utils.inference import detect
@@ -121,11 +121,17 @@ def test_suppress_reports_the_highest_tied_score_and_above_reruns_nms_only_over_
         return suppress(*args, **kwargs)
 
     monkeypatch.setattr(utils.inference, "suppress", counted)
-    for conf, reruns in [(0.75, 0), (0.65, 1), (0.5, 2)]:
+    exactly_tied = float(torch.tensor(0.7))  # the tied scores themselves: no longer candidates, so no rerun
+    for conf, reruns in [(0.75, 0), (exactly_tied, 0), (0.65, 1), (0.5, 2)]:
         runs.clear()
-        derived = out.above(conf)[0]
+        derived, derived_indices = out.above(conf)
         assert len(runs) == reruns
-        assert [len(d) for d in derived] == [len(d) for d in non_max_suppression(prediction, conf, 0.45)]
+        expected, expected_indices = non_max_suppression(prediction, conf, 0.45, return_indices=True)
+        for got, want, got_i, want_i in zip(derived, expected, derived_indices, expected_indices):
+            assert torch.equal(got, want) and torch.equal(got_i, want_i)
+    metas[0] = ImageMeta(0, (320, 320), (1.0, 1.0), (0.0, 0.0), error="unreadable")
+    blanked = detect(lambda images: (prediction, []), torch.zeros(3, 3, 8, 8), metas, 0.25, 0.45, 300, floor=0.05)
+    assert blanked.at_floor.highest_tie[0] == -float("inf") and len(blanked.above(0.5)[0][0]) == 0
 
 
 def clustered_boxes(count: int, spread: float, seed: int):

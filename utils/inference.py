@@ -79,11 +79,12 @@ class BatchOutput:
     once, at `floor` (at most the detections' threshold); `above` gives what it keeps at any higher threshold."""
 
     decoded: torch.Tensor  # (B, N, 5 + nc), on the CPU
+    on_device: torch.Tensor  # the same, where the forward pass left it (NMS reruns there, sorting as it sorted)
     levels: List[torch.Tensor]  # raw per-level maps, on the device
     features: Optional[List[torch.Tensor]]  # the neck's maps, from a detector made with `features`
     floor: float  # the score threshold NMS ran at, with this IoU threshold and max_det:
     nms: Tuple[float, int]
-    at_floor: Suppressed  # what it kept, on the CPU
+    at_floor: Suppressed  # what it kept, on the CPU (an unreadable image: nothing, and no tie)
     conf_thres: float  # the detections' threshold
     detections: List[torch.Tensor] = field(init=False)  # per image (n, 6): x1, y1, x2, y2, score, class
     indices: List[torch.Tensor] = field(init=False)  # per image (n,): rows of `decoded`
@@ -105,8 +106,8 @@ class BatchOutput:
             return dets, indices
         for b in range(len(dets)):
             if len(dets[b]) and self.at_floor.highest_tie[b] > conf_thres:
-                own = suppress(self.decoded[b:b + 1], conf_thres, iou_thres=self.nms[0], max_det=self.nms[1])
-                dets[b], indices[b] = own.detections[0].float(), own.indices[0]
+                own = suppress(self.on_device[b:b + 1], conf_thres, iou_thres=self.nms[0], max_det=self.nms[1])
+                dets[b], indices[b] = own.detections[0].cpu(), own.indices[0].cpu()
             else:
                 keep = dets[b][:, 4] > conf_thres
                 dets[b], indices[b] = dets[b][keep], indices[b][keep]
@@ -123,10 +124,11 @@ def detect(detector: ForwardPass, images_uint8: torch.Tensor, metas: List[ImageM
     for i, meta in enumerate(metas):
         if meta.error is not None:  # a blank stand-in for an unreadable file predicts nothing
             kept.detections[i], kept.indices[i] = kept.detections[i][:0], kept.indices[i][:0]
+            kept.highest_tie[i] = -float("inf")
     kept.detections = [d.float().cpu() for d in kept.detections]
     kept.indices = [i.cpu() for i in kept.indices]
-    return BatchOutput(decoded.float().cpu(), levels, features[0] if features else None, low, (iou_thres, max_det),
-                       kept, conf_thres)
+    return BatchOutput(decoded.float().cpu(), decoded, levels, features[0] if features else None, low,
+                       (iou_thres, max_det), kept, conf_thres)
 
 
 def in_original_pixels(detections: torch.Tensor, meta: ImageMeta) -> np.ndarray:

@@ -115,7 +115,7 @@ def suppress(prediction: torch.Tensor, conf_thres: float = 0.25, iou_thres: floa
     A candidate needs objectness > conf_thres; its score is objectness x class score, which must also exceed
     conf_thres. Single-label keeps the best class; multi-label keeps every class over the threshold. NMS is
     per class unless `agnostic`. Candidates are ordered as the original orders them (its argsort, which puts tied
-    scores in no promised order), so `highest_tie` tells a caller above which threshold the order is unambiguous.
+    scores in no promised order), so `highest_tie` tells a caller at or above which threshold the order is unambiguous.
     """
     assert 0 <= conf_thres <= 1 and 0 <= iou_thres <= 1
     bs, nc = prediction.shape[0], prediction.shape[2] - 5
