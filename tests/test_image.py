@@ -55,13 +55,14 @@ VARIANTS = {
 }
 GPU_IMAGE = os.environ.get("YMIR_TEST_GPU_IMAGE", "")  # "1": build it; another value: the image to test
 # What torch in each image was built with, and the NVIDIA runtime's variables (only the GPU image sets them)
+CPU_TORCH, CU128_TORCH = "2.13.0+cpu", "2.9.1+cu128"  # the torch each Dockerfile installs
 STACKS = {
-    "cpu": {"torch": "2.13.0+cpu", "cuda": None, "cudnn": False, "nccl": False, "nvidia_env": {},
-            "cpu_line": "running on the CPU: config gpu_id is empty and this torch (2.13.0+cpu) is a CPU-only build"},
-    "cu128": {"torch": "2.9.1+cu128", "cuda": "12.8", "cudnn": True, "nccl": True,
+    "cpu": {"torch": CPU_TORCH, "cuda": None, "cudnn": False, "nccl": False, "nvidia_env": {},
+            "cpu_line": f"running on the CPU: config gpu_id is empty and this torch ({CPU_TORCH}) is a CPU-only build"},
+    "cu128": {"torch": CU128_TORCH, "cuda": "12.8", "cudnn": True, "nccl": True,
               "nvidia_env": {"NVIDIA_VISIBLE_DEVICES": "all", "NVIDIA_DRIVER_CAPABILITIES": "compute,utility"},
-              "cpu_line": "running on the CPU: config gpu_id is empty; torch 2.9.1+cu128 is built with CUDA 12.8 but "
-                          "CUDA is not available here (no GPU or driver visible)"},
+              "cpu_line": f"running on the CPU: config gpu_id is empty; torch {CU128_TORCH} is built with CUDA 12.8 "
+                          "but CUDA is not available here (no GPU or driver visible)"},
 }
 # Inside the image, as YMIR's uid with no network: torch's build, what it loaded, and what the image should not hold
 PROBE = r"""
