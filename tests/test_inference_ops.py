@@ -109,8 +109,11 @@ def test_suppress_reports_the_highest_tied_score_and_above_reruns_nms_only_over_
     prediction[0, :, 5] = torch.tensor([0.9, 0.7, 0.7, 0.3, 0.3])
     prediction[1, :, 5] = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5])
     prediction[2, :, 5] = torch.tensor([0.9, 0.8, 0.6, 0.6, 0.02])
-    assert suppress(prediction, 0.05).highest_tie == [pytest.approx(0.7), -float("inf"), pytest.approx(0.6)]
-    assert suppress(prediction, 0.65).highest_tie == [pytest.approx(0.7), -float("inf"), -float("inf")]
+    assert suppress(prediction, 0.05, report_ties=True).highest_tie == [pytest.approx(0.7), -float("inf"),
+                                                                         pytest.approx(0.6)]
+    assert suppress(prediction, 0.65, report_ties=True).highest_tie == [pytest.approx(0.7), -float("inf"),
+                                                                         -float("inf")]
+    assert suppress(prediction, 0.05).highest_tie is None  # validation and plain inference skip the scan
 
     metas = [ImageMeta(i, (320, 320), (1.0, 1.0), (0.0, 0.0)) for i in range(3)]
     out = detect(lambda images: (prediction, []), torch.zeros(3, 3, 8, 8), metas, 0.25, 0.45, 300, floor=0.05)

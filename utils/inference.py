@@ -99,7 +99,7 @@ class BatchOutput:
         first max_det at the floor hold the first max_det over conf_thres). That holds where no two candidates over
         conf_thres score the same: NMS orders tied candidates as its sort happens to (as the original's does), so
         an image with ties there is given its own NMS at conf_thres."""
-        if conf_thres < self.floor:
+        if conf_thres < self.floor or (conf_thres > self.floor and self.at_floor.highest_tie is None):
             raise ValueError(f"NMS ran at {self.floor}: the boxes kept at {conf_thres} cannot be derived from it")
         dets, indices = list(self.at_floor.detections), list(self.at_floor.indices)
         if conf_thres == self.floor:
@@ -120,11 +120,12 @@ def detect(detector: ForwardPass, images_uint8: torch.Tensor, metas: List[ImageM
     at the lower of the two, and the detections at conf_thres are derived from it (BatchOutput.above)."""
     decoded, levels, *features = detector(images_uint8)
     low = conf_thres if floor is None else min(floor, conf_thres)
-    kept = suppress(decoded, low, iou_thres, max_det=max_det)
+    kept = suppress(decoded, low, iou_thres, max_det=max_det, report_ties=floor is not None)  # for above()
     for i, meta in enumerate(metas):
         if meta.error is not None:  # a blank stand-in for an unreadable file predicts nothing
             kept.detections[i], kept.indices[i] = kept.detections[i][:0], kept.indices[i][:0]
-            kept.highest_tie[i] = -float("inf")
+            if kept.highest_tie is not None:
+                kept.highest_tie[i] = -float("inf")
     kept.detections = [d.float().cpu() for d in kept.detections]
     kept.indices = [i.cpu() for i in kept.indices]
     return BatchOutput(decoded.float().cpu(), decoded, levels, features[0] if features else None, low,

@@ -105,24 +105,27 @@ class Suppressed:
 
     detections: List[torch.Tensor]  # (n, 6): x1, y1, x2, y2, score, class; best score first
     indices: List[torch.Tensor]  # (n,): the row of the raw prediction behind each detection
-    highest_tie: List[float]  # the highest score two of the image's candidates share; -inf where no two tie
+    highest_tie: Optional[List[float]]  # asked for: the highest score two of the image's candidates share (-inf
+    # where no two tie); else None
 
 
 def suppress(prediction: torch.Tensor, conf_thres: float = 0.25, iou_thres: float = 0.45, multi_label: bool = False,
-             agnostic: bool = False, max_det: int = 300) -> Suppressed:
+             agnostic: bool = False, max_det: int = 300, report_ties: bool = False) -> Suppressed:
     """`prediction` is (B, N, 5 + nc): centre-x, centre-y, w, h, objectness, class scores.
 
     A candidate needs objectness > conf_thres; its score is objectness x class score, which must also exceed
     conf_thres. Single-label keeps the best class; multi-label keeps every class over the threshold. NMS is
     per class unless `agnostic`. Candidates are ordered as the original orders them (its argsort, which puts tied
-    scores in no promised order), so `highest_tie` tells a caller at or above which threshold the order is unambiguous.
+    scores in no promised order), so with `report_ties`, `highest_tie` tells a caller at or above which threshold
+    the order is unambiguous (a scan of the sorted scores that validation and plain inference need not pay for).
     """
     assert 0 <= conf_thres <= 1 and 0 <= iou_thres <= 1
     bs, nc = prediction.shape[0], prediction.shape[2] - 5
     multi_label &= nc > 1
     candidates = prediction[..., 4] > conf_thres
     out = Suppressed([torch.zeros((0, 6), device=prediction.device)] * bs,
-                     [torch.zeros(0, dtype=torch.long, device=prediction.device)] * bs, [-float("inf")] * bs)
+                     [torch.zeros(0, dtype=torch.long, device=prediction.device)] * bs,
+                     [-float("inf")] * bs if report_ties else None)
     for b in range(bs):
         index = candidates[b].nonzero(as_tuple=False).view(-1)
         x = prediction[b, index]
@@ -142,10 +145,11 @@ def suppress(prediction: torch.Tensor, conf_thres: float = 0.25, iou_thres: floa
         if not x.shape[0]:
             continue
         order = x[:, 4].argsort(descending=True)  # as the original orders them, ties included
-        ranked = x[order, 4]
-        tied = ranked[:-1][ranked[1:] == ranked[:-1]]
-        if len(tied):
-            out.highest_tie[b] = float(tied[0])
+        if out.highest_tie is not None:
+            ranked = x[order, 4]
+            tied = ranked[:-1][ranked[1:] == ranked[:-1]]
+            if len(tied):
+                out.highest_tie[b] = float(tied[0])
         x, index = x[order[:MAX_NMS_INPUT]], index[order[:MAX_NMS_INPUT]]
         offset = x[:, 5:6] * (0 if agnostic else MAX_BOX_SIZE)
         kept = first_kept(x[:, :4] + offset, x[:, 4], iou_thres, max_det)
