@@ -82,6 +82,7 @@ def measure(folder: Path, cache: str, size: int, workers: int, epochs: int, batc
     from torch.utils.data import DataLoader
 
     from utils.data.image_cache import resized_bytes
+    from utils.data.loader_workers import start_worker
     from utils.data.sample import Sample
     from utils.data.train_data import EpochIndices, EpochShuffle, TrainImages, collate_train
     from utils.hyperparameters import SCRATCH_LOW
@@ -96,7 +97,7 @@ def measure(folder: Path, cache: str, size: int, workers: int, epochs: int, batc
     fill = time.perf_counter() - started
     sampler = EpochShuffle(len(dataset), seed=0)
     loader = DataLoader(dataset, batch_size=batch, sampler=EpochIndices(sampler, dataset), num_workers=workers,
-                        collate_fn=collate_train, persistent_workers=workers > 0)
+                        collate_fn=collate_train, persistent_workers=workers > 0, worker_init_fn=start_worker)
     rates = []
     for epoch in range(epochs):
         dataset.epoch = epoch

@@ -182,3 +182,35 @@ def test_disk_caches_leave_no_folder_when_training_fails_in_its_set_up_or_the_fi
     with pytest.raises(OSError):
         TrainImages(train_samples, 64, dict(SCRATCH_LOW)).images.use_cache("disk")
     assert saved and not list((tmp_path / "tmp").iterdir())
+
+
+def test_loader_workers_run_opencv_on_their_one_thread_and_the_main_process_keeps_its_pool(tmp_path, monkeypatch):
+    """Each training and validation worker runs OpenCV without a thread pool (workers are the parallelism: N workers
+    x a pool per core would oversubscribe the cores); the main process's pool is left as it was."""
+    import cv2
+
+    import utils.trainer
+    from models.architecture import architecture
+    from models.yolo import DetectionModel
+    from utils.train_settings import TrainSettings
+
+    record = tmp_path / "threads.txt"
+
+    def recording(kind, collate):
+        def collate_and_record(items):  # runs in the worker that made the batch
+            with open(record, "a") as f:
+                f.write(f"{kind} {torch.utils.data.get_worker_info() is not None} {cv2.getNumThreads()}\n")
+            return collate(items)
+        return collate_and_record
+
+    monkeypatch.setattr(utils.trainer, "collate_train", recording("train", utils.trainer.collate_train))
+    monkeypatch.setattr(utils.trainer, "collate_val", recording("val", utils.trainer.collate_val))
+    main_threads = cv2.getNumThreads()
+    samples = [write_sample(tmp_path, f"t{i}", (96, 96), BOXES) for i in range(4)]
+    settings = TrainSettings(model="yolov5n", epochs=1, batch_size=2, img_size=64, device=torch.device("cpu"),
+                             seed=1, autoanchor=False, workers=1)
+    utils.trainer.train(DetectionModel(architecture("yolov5n"), nc=1), samples, samples[:2], settings,
+                        lambda report, best, ema_model: True)
+    lines = set(record.read_text().splitlines())
+    assert lines == {"train True 1", "val True 1"}, lines
+    assert cv2.getNumThreads() == main_threads
