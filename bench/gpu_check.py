@@ -31,7 +31,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from operator import attrgetter
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -216,13 +215,22 @@ class GpuCheck:
         if float(np.median(relative)) > 0.05:
             raise CheckFailed("AMP's loss curve departs from fp32's by more than 5 % (median over steps)")
 
-    @property
-    def speed(self) -> SpeedSteps:
+    def speed_steps(self) -> SpeedSteps:
         """The engine-alone speed and memory steps, with the original YOLOv5 as the environment step found it."""
         return SpeedSteps(self.s, self.device, self.work, self.original)
 
 
-# (name, what it measures, the GpuCheck attribute that runs it, whether it needs CUDA)
+def step_runner(check: GpuCheck, path: str):
+    """The step at dotted `path` ("training_task", or "speed_steps().memory" style as "speed.memory": a SpeedSteps
+    step), looked up when it runs, inside the report's record of that step (a failure there is the step's)."""
+    def run(rec):
+        owner, _, name = path.rpartition(".")
+        target = check.speed_steps() if owner == "speed" else check
+        return getattr(target, name)(rec)
+    return run
+
+
+# (name, what it measures, the step: a GpuCheck method, or "speed." and a SpeedSteps method, whether it needs CUDA)
 STEPS = [
     ("environment", "versions, the GPU, whether the original YOLOv5 is importable", "environment", False),
     ("training task", "start.py training on the GPU (yolov5n, demo data, loader workers): stages valid",
@@ -258,7 +266,7 @@ def main(argv=None) -> int:
     try:
         check = GpuCheck(scale, work)
         for name, measures, method, needs_cuda in STEPS:
-            report.run(name, measures, attrgetter(method)(check), needs_cuda=needs_cuda)
+            report.run(name, measures, step_runner(check, method), needs_cuda=needs_cuda)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report.header["finished"] = time.strftime("%F %T")

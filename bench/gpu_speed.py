@@ -12,7 +12,7 @@ from gpu_measures import original_step, per_call_seconds, sync, synthetic_batch,
 from gpu_scale import CARD_GIB, Scale
 
 from models.yolo import DetectionModel
-from utils.data.loader_workers import start_worker
+from utils.data.loader_workers import init_loader_worker
 from utils.data.sample import Sample
 from utils.data.train_data import TrainImages, collate_train
 from utils.hyperparameters import SCRATCH_LOW
@@ -74,7 +74,7 @@ class SpeedSteps:
         dataset = TrainImages(samples * 8, s.speed_img, dict(SCRATCH_LOW), augment=True, seed=0)
         loader = torch.utils.data.DataLoader(dataset, batch_size=s.train_batch, shuffle=True, num_workers=s.workers,
                                              collate_fn=collate_train, pin_memory=self.device.type == "cuda",
-                                             worker_init_fn=start_worker)
+                                             worker_init_fn=init_loader_worker)
         count, started = 0, None
         for i, (images, _) in enumerate(loader):
             if i == 1:  # the first batch pays for the workers' start

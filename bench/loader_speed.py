@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -55,7 +56,8 @@ for epoch in range({epochs}):
         pass
     rates.append(len(dataset) / (time.perf_counter() - started))
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({{"cache": {cache!r} or "none", "fill_s": fill, "rates": rates, "peak_bytes": peak,
+print(json.dumps({{"cache": {cache!r} or "none", "opencv": __import__("cv2").__version__, "fill_s": fill,
+                  "rates": rates, "peak_bytes": peak,
                   "cache_bytes": 0}}))
 """
 
@@ -78,11 +80,12 @@ def prepare(folder: Path, count: int) -> Path:
 
 def measure(folder: Path, cache: str, size: int, workers: int, epochs: int, batch: int) -> dict:
     """One configuration, in this process: images/s of each epoch (the cache's fill timed apart)."""
+    import cv2
     import torch
     from torch.utils.data import DataLoader
 
     from utils.data.image_cache import resized_bytes
-    from utils.data.loader_workers import start_worker
+    from utils.data.loader_workers import init_loader_worker
     from utils.data.sample import Sample
     from utils.data.train_data import EpochIndices, EpochShuffle, TrainImages, collate_train
     from utils.hyperparameters import SCRATCH_LOW
@@ -97,7 +100,7 @@ def measure(folder: Path, cache: str, size: int, workers: int, epochs: int, batc
     fill = time.perf_counter() - started
     sampler = EpochShuffle(len(dataset), seed=0)
     loader = DataLoader(dataset, batch_size=batch, sampler=EpochIndices(sampler, dataset), num_workers=workers,
-                        collate_fn=collate_train, persistent_workers=workers > 0, worker_init_fn=start_worker)
+                        collate_fn=collate_train, persistent_workers=workers > 0, worker_init_fn=init_loader_worker)
     rates = []
     for epoch in range(epochs):
         dataset.epoch = epoch
@@ -109,7 +112,7 @@ def measure(folder: Path, cache: str, size: int, workers: int, epochs: int, batc
     if dataset.images.cache is not None:
         dataset.images.cache.close()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"cache": cache or "none", "fill_s": fill, "rates": rates, "peak_bytes": peak,
+    return {"cache": cache or "none", "opencv": cv2.__version__, "fill_s": fill, "rates": rates, "peak_bytes": peak,
             "cache_bytes": resized_bytes(samples, size) if cache else 0}
 
 
@@ -120,11 +123,24 @@ def run_ours(images: str, cache: str, args) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run_original(images: str, cache: str, args) -> dict:
+def our_opencv_path(folder: Path) -> str:
+    """A folder holding links to this venv's OpenCV (the package and its bundled libraries), which put first on the
+    original's PYTHONPATH makes it run our pinned OpenCV in place of the one its own venv resolved."""
+    import cv2
+
+    package = Path(cv2.__file__).resolve().parent
+    folder.mkdir(exist_ok=True)
+    for path in [package, *package.parent.glob("opencv_python*.libs")]:
+        (folder / path.name).symlink_to(path)
+    return str(folder)
+
+
+def run_original(images: str, cache: str, args, opencv_path: str = "") -> dict:
     script = ORIGINAL_LOADER.format(oracle_dir=str(REPO / "tests" / "oracle"), images=images, size=args.size,
                                     batch=args.batch, cache="" if cache == "none" else cache,
                                     workers=args.workers, epochs=args.epochs)
-    out = subprocess.run([str(ORACLE_PYTHON), "-c", script], capture_output=True, text=True, cwd=images)
+    env = dict(os.environ, PYTHONPATH=opencv_path) if opencv_path else None
+    out = subprocess.run([str(ORACLE_PYTHON), "-c", script], capture_output=True, text=True, cwd=images, env=env)
     if out.returncode != 0:
         raise SystemExit(f"the original's loader failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -145,6 +161,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--original", action="store_true", help="the original YOLOv5's loader beside ours")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each configuration (medians reported)")
+    parser.add_argument("--same-opencv", action="store_true",
+                        help="the original runs this venv's OpenCV (ours is pinned; its venv resolves another): "
+                             "the code's own difference, without the library's")
     parser.add_argument("--one", nargs=2, metavar=("FOLDER", "CACHE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -154,15 +173,18 @@ def main() -> None:
     runs: Dict[Tuple[str, str], List[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="loader-bench-") as tmp:
         images = str(prepare(Path(tmp), args.images))
+        opencv_path = our_opencv_path(Path(tmp) / "opencv") if args.same_opencv else ""
         for _ in range(args.repeats):  # the sides alternate, so that a change in the machine's load hits both
             for cache in ("none", "ram", "disk"):
                 runs.setdefault(("ours", cache), []).append(run_ours(images, cache, args))
                 if args.original and cache != "disk":  # the original's disk cache writes .npy beside the images
-                    runs.setdefault(("original", cache), []).append(run_original(images, cache, args))
+                    runs.setdefault(("original", cache), []).append(run_original(images, cache, args, opencv_path))
     results = {key: median_run(value) for key, value in runs.items()}
+    opencv = {side: r.get("opencv") for (side, _), r in results.items()}
     second = min(1, args.epochs - 1)  # the epoch compared: the second, the first of a cache already filled
     print(f"\n{args.images} images of 640 x 480 at {args.size} px, mosaic on, batch {args.batch}, {args.workers} "
-          f"worker(s) kept for the run, {args.epochs} epochs, median of {args.repeats}; images/s per epoch\n")
+          f"worker(s) kept for the run, {args.epochs} epochs, median of {args.repeats}; images/s per epoch; OpenCV "
+          f"{', '.join(f'{side} {version}' for side, version in opencv.items())}\n")
     print("| loader | cache | set-up before epoch 1 (s) | " + " | ".join(f"epoch {e + 1}" for e in range(args.epochs))
           + " | epoch 2 / epoch 1 | epoch 2 / uncached epoch 2 | ours / original (epoch 2) | cache size | peak RSS |")
     print("|---|---|---|" + "---|" * args.epochs + "---|---|---|---|---|")

@@ -3,6 +3,7 @@
 fit."""
 import logging
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -10,6 +11,7 @@ from torch.utils.data import DataLoader
 
 import utils.data.image_cache as image_cache
 from tests.test_augment import write_sample
+from utils.data.loader_workers import init_loader_worker
 from utils.data.train_data import EpochIndices, EpochShuffle, TrainImages, collate_train
 from utils.hyperparameters import SCRATCH_LOW
 
@@ -24,7 +26,7 @@ def samples(tmp_path):
 def batches(dataset, sampler, workers, epochs):
     """Every batch of `epochs` epochs through one loader (its workers, if any, kept for the whole run)."""
     loader = DataLoader(dataset, batch_size=4, sampler=EpochIndices(sampler, dataset), num_workers=workers,
-                        collate_fn=collate_train, persistent_workers=workers > 0)
+                        collate_fn=collate_train, persistent_workers=workers > 0, worker_init_fn=init_loader_worker)
     out = []
     for epoch in range(epochs):
         dataset.epoch = epoch
@@ -34,8 +36,14 @@ def batches(dataset, sampler, workers, epochs):
 
 
 def test_workers_kept_for_the_whole_run_give_each_epoch_its_own_augmentation(samples):
-    dataset = TrainImages(samples, 96, dict(SCRATCH_LOW), seed=3)
-    in_process = batches(dataset, EpochShuffle(len(dataset), seed=3), 0, 2)
+    """The same batches in the main process (OpenCV with a pool of 4 threads) and in workers (OpenCV on one)."""
+    dataset = TrainImages(samples, 256, dict(SCRATCH_LOW), seed=3)
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(4)
+    try:
+        in_process = batches(dataset, EpochShuffle(len(dataset), seed=3), 0, 2)
+    finally:
+        cv2.setNumThreads(threads)
     kept = batches(dataset, EpochShuffle(len(dataset), seed=3), 2, 2)
     for a, b in zip(in_process, kept):  # the same batches, epoch by epoch, whatever the workers
         assert len(a) == len(b) == 2
@@ -186,9 +194,8 @@ def test_disk_caches_leave_no_folder_when_training_fails_in_its_set_up_or_the_fi
 
 def test_loader_workers_run_opencv_on_their_one_thread_and_the_main_process_keeps_its_pool(tmp_path, monkeypatch):
     """Each training and validation worker runs OpenCV without a thread pool (workers are the parallelism: N workers
-    x a pool per core would oversubscribe the cores); the main process's pool is left as it was."""
-    import cv2
-
+    x a pool per core would oversubscribe the cores); the main process's pool (3 threads here, on any machine) is
+    left as it was, and a forked worker would inherit it without the worker's own set-up."""
     import utils.trainer
     from models.architecture import architecture
     from models.yolo import DetectionModel
@@ -205,12 +212,16 @@ def test_loader_workers_run_opencv_on_their_one_thread_and_the_main_process_keep
 
     monkeypatch.setattr(utils.trainer, "collate_train", recording("train", utils.trainer.collate_train))
     monkeypatch.setattr(utils.trainer, "collate_val", recording("val", utils.trainer.collate_val))
-    main_threads = cv2.getNumThreads()
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(3)
     samples = [write_sample(tmp_path, f"t{i}", (96, 96), BOXES) for i in range(4)]
     settings = TrainSettings(model="yolov5n", epochs=1, batch_size=2, img_size=64, device=torch.device("cpu"),
                              seed=1, autoanchor=False, workers=1)
-    utils.trainer.train(DetectionModel(architecture("yolov5n"), nc=1), samples, samples[:2], settings,
-                        lambda report, best, ema_model: True)
+    try:
+        utils.trainer.train(DetectionModel(architecture("yolov5n"), nc=1), samples, samples[:2], settings,
+                            lambda report, best, ema_model: True)
+        assert cv2.getNumThreads() == 3
+    finally:
+        cv2.setNumThreads(threads)
     lines = set(record.read_text().splitlines())
     assert lines == {"train True 1", "val True 1"}, lines
-    assert cv2.getNumThreads() == main_threads

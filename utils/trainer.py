@@ -23,7 +23,7 @@ from models.yolo import DetectionModel
 from utils.autoanchor import check_anchors
 from utils.data.image_cache import ImageCache
 from utils.data.image_weights import ImageWeightedSampler, class_weights, epoch_class_weights, image_weights
-from utils.data.loader_workers import start_worker
+from utils.data.loader_workers import init_loader_worker
 from utils.data.sample import Sample
 from utils.data.train_data import EpochIndices, EpochShuffle, TrainImages, ValImages, collate_train, collate_val
 from utils.ema import ModelEMA
@@ -166,7 +166,7 @@ class Trainer:
         self.train_loader = DataLoader(self.train_set, batch_size=s.batch_size, sampler=indices,
                                        num_workers=s.workers, collate_fn=collate_train, generator=generator,
                                        pin_memory=self.device.type == "cuda", drop_last=False,
-                                       persistent_workers=s.workers > 0, worker_init_fn=start_worker)
+                                       persistent_workers=s.workers > 0, worker_init_fn=init_loader_worker)
         self.val_loader = self.build_val_loader(val_samples) if self.rank == 0 else None
 
     def build_val_loader(self, val_samples: Sequence[Sample]) -> DataLoader:
@@ -178,7 +178,7 @@ class Trainer:
             val_set.images.use_cache(s.cache, "validation")
             self.caches += [val_set.images.cache] if val_set.images.cache is not None else []
         return DataLoader(val_set, batch_size=s.batch_size * 2, shuffle=False, num_workers=s.workers,
-                          collate_fn=collate_val, persistent_workers=s.workers > 0, worker_init_fn=start_worker)
+                          collate_fn=collate_val, persistent_workers=s.workers > 0, worker_init_fn=init_loader_worker)
 
     def build_optimization(self) -> None:
         s, hyp = self.s, self.hyp

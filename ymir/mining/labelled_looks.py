@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from utils.data.letterboxed import LetterboxedImages, collate
-from utils.data.loader_workers import start_worker
+from utils.data.loader_workers import init_loader_worker
 from utils.inference import ForwardPass, detect
 from ymir.mining.diverse import FEATURE_DIM, MAX_BOXES, MIN_SCORE, descriptor
 from ymir.mining.scorers import DiverseScorer
@@ -54,7 +54,7 @@ def describe_images(detector: ForwardPass, paths: Sequence, img_size: int, nc: i
     features); after `seconds`, the images described so far."""
     scorer = DiverseScorer(anchors)
     loader = DataLoader(LetterboxedImages(list(paths), img_size), batch_size=batch_size, shuffle=False,
-                        num_workers=workers, collate_fn=collate, worker_init_fn=start_worker)
+                        num_workers=workers, collate_fn=collate, worker_init_fn=init_loader_worker)
     looks, started = [], time.monotonic()
     for images, metas in loader:
         with torch.inference_mode():  # NMS at the scorer's MIN_SCORE, once

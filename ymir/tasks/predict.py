@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Subset
 
 from utils.checkpoint import Checkpoint, CheckpointError, build_model
 from utils.data.letterboxed import LetterboxedImages, collate
-from utils.data.loader_workers import start_worker
+from utils.data.loader_workers import init_loader_worker
 from utils.inference import detect, in_original_pixels, make_detector
 from utils.progress import ProgressLine
 from utils.ranks import rank_and_world
@@ -132,7 +132,7 @@ def _predict_shard(ctx: TaskContext, candidates: Sequence[Tuple[str, object]], c
     workers = min(settings.num_workers_per_gpu, os.cpu_count() or 1)
     loader = DataLoader(shard, batch_size=settings.batch_size_per_gpu, shuffle=False, num_workers=workers,
                         collate_fn=collate, pin_memory=settings.pin_memory and device.type == "cuda",
-                        worker_init_fn=start_worker)
+                        worker_init_fn=init_loader_worker)
     results: List[ImageResult] = []
     started = time.perf_counter()
     progress = ctx.monitor.span(0.0, 0.99)  # only rank 0 writes; its shard stands for the whole
