@@ -35,6 +35,11 @@ round 0 (final and mean over rounds), the paired difference to random per seed w
 seeds, and what each method selected (empty, hard and rare-class images, boxes per image). --methods picks the
 methods run through the rounds (a variant such as cald@share0.1 too); runs of the same seed with different
 --methods merge in the summary, since round 0 is deterministic.
+By default the test split validates every epoch of every training and chooses its stage (the recorded protocols);
+--val N draws a validation split of N images apart from it to do that, and scores the test split once per model:
+on a large test split most of a round's time is validation (calibrated protocol, machine B: ~35 of an epoch's
+~40 s validate its 300 test images), and the test split then no longer picks the stage it reports. --proxy run
+scores the pool only with the --methods run (default: every algorithm and variant).
 
     .venv/bin/python bench/mining_bench.py [--seeds 1] [--first-seed 0] [--pool 360] [--initial 120]
                                            [--rounds 2] [--budget 60] [--skip-speed] [--speed-repeats N] [--record FILE]
@@ -43,6 +48,7 @@ methods run through the rounds (a variant such as cald@share0.1 too); runs of th
                                            [--source-frequencies 0.25,0.25,0.25,0.25]
                                            [--methods random,entropy,aldd,cald,cald@share0.1]
                                            [--target star --round0-options "--hyp lr0=0.02 ..."]
+                                           [--val 60] [--proxy run]
     .venv/bin/python bench/mining_bench.py --summarise FILE [FILE ...]
     .venv/bin/python bench/mining_bench.py --calibrate [--first-seed 0]
     .venv/bin/python bench/mining_bench.py --round0-only [--seeds 3] [--round0-options=...] [...]
@@ -77,21 +83,14 @@ def seed_data(seed: int, args):
     rng = np.random.default_rng(100 + seed)
     copies = round(args.duplicates * args.pool)
     pool = [draw(rng, args.shift) for _ in range(args.pool - copies)]
+    test = test_like(rng, args, args.test)
+    val = test_like(np.random.default_rng(300 + seed), args, args.val) if args.val else None
     if args.target is None:
-        test = [draw(rng, args.shift) for _ in range(args.test)]
         if copies:  # their own generator: the drawn images and the test split are those of a pool without copies
             pool = with_near_duplicates(np.random.default_rng(200 + seed), pool, copies)
         unshifted = np.array([i for i, item in enumerate(pool) if not item.shifted])
-        return pool, test, set(rng.choice(unshifted, args.initial, replace=False).tolist())
-    target = CLASSES.index(args.target)
-    pool = [target_only(item, target) for item in pool]
-    wanted = {True: args.test // 4, False: args.test - args.test // 4}
-    test = []
-    while any(wanted.values()):
-        item = target_only(draw(rng, args.shift), target)
-        if wanted[bool(item.boxes)]:
-            wanted[bool(item.boxes)] -= 1
-            test.append(item)
+        return pool, test, set(rng.choice(unshifted, args.initial, replace=False).tolist()), val
+    pool = [target_only(item, CLASSES.index(args.target)) for item in pool]
     positives = [i for i, item in enumerate(pool) if item.boxes and not item.shifted]
     negatives = [i for i, item in enumerate(pool) if not item.boxes and not item.shifted]
     k = args.initial // 4
@@ -99,7 +98,31 @@ def seed_data(seed: int, args):
         raise SystemExit(f"--target {args.target}: the pool holds {len(positives)} images with it, the initial set "
                          f"needs {k}; enlarge --pool")
     return pool, test, set(rng.choice(positives, k, replace=False).tolist()) | set(
-        rng.choice(negatives, args.initial - k, replace=False).tolist())
+        rng.choice(negatives, args.initial - k, replace=False).tolist()), val
+
+
+def test_like(rng, args, n: int) -> list:
+    """n images drawn as the test split is: like the pool (--shift included), or with --target a quarter holding
+    the class and the rest without it."""
+    if args.target is None:
+        return [draw(rng, args.shift) for _ in range(n)]
+    target = CLASSES.index(args.target)
+    wanted = {True: n // 4, False: n - n // 4}
+    split = []
+    while any(wanted.values()):
+        item = target_only(draw(rng, args.shift), target)
+        if wanted[bool(item.boxes)]:
+            wanted[bool(item.boxes)] -= 1
+            split.append(item)
+    return split
+
+
+def fine_tuned(args, work: Path, labelled, test, val, epochs: int, classes, **options):
+    """A trained model and its test mAP@0.5: with --val, the stage is chosen on the val split (validated every
+    epoch) and the test split is scored once, after; without, the test split itself validates every epoch and
+    chooses the stage (the earlier protocols)."""
+    model, m = train(work, labelled, val or test, epochs, classes=classes, **options)
+    return model, (breakdown(model, test, classes)["all"] if val else m)
 
 
 def source_model(args, tmp: Path):
@@ -138,33 +161,33 @@ def detector_classes(args) -> tuple:
 def round0(seed: int, args, tmp: Path, source):
     """A seed's data and its round-0 model (shared by all methods of the seed): pool, test, initial, model, mAP."""
     started = time.time()
-    pool, test, initial = seed_data(seed, args)
+    pool, test, initial, val = seed_data(seed, args)
     classes = detector_classes(args)
-    model0, map0 = train(tmp / f"s{seed}-r0", [pool[i] for i in sorted(initial)], test, args.epochs0,
-                         start_from=source, options=args.round0_options or (args.finetune_options if source
-                                                                             else TRAIN_OPTIONS),
-                         classes=classes)
+    model0, map0 = fine_tuned(args, tmp / f"s{seed}-r0", [pool[i] for i in sorted(initial)], test, val,
+                              args.epochs0, classes, start_from=source,
+                              options=args.round0_options or (args.finetune_options if source else TRAIN_OPTIONS))
     print(f"seed {seed}: round 0 mAP@0.5 {map0:.4f} ({len(initial)} images, {time.time() - started:.0f} s)",
           flush=True)
-    return pool, test, initial, model0, map0
+    return pool, test, val, initial, model0, map0
 
 
 def run_seed(seed: int, args, tmp: Path, source) -> dict:
     """One seed: round 0, the proxy (and the speed section if asked), then the rounds of every method."""
     started = time.time()
-    pool, test, initial, model0, map0 = round0(seed, args, tmp, source)
+    pool, test, val, initial, model0, map0 = round0(seed, args, tmp, source)
     classes = detector_classes(args)
     record = {"seed": seed, "protocol": protocol(args), "map0": map0, "methods": {}, "spearman": {},
               "agreement": {}, "speed": {}, "breakdown": {"round 0": breakdown(model0, test, classes)},
               "unlabelled": selection_stats([pool[i] for i in range(args.pool) if i not in initial], len(classes) - 1)}
     proxy_scores = {}
-    for method in NAMES:
+    for method in (NAMES if args.proxy == "all" else args.methods):
         paths, scores, detections, _, _ = mine(tmp / f"s{seed}-proxy-{method}", model0, pool, method,
                                                          infer=True, classes=classes)
         proxy_scores[method] = scores
         record["spearman"][method] = spearman(scores, image_errors(paths, detections, pool, classes))
     for variant, (algorithm, _) in VARIANTS.items():
-        record["agreement"][variant] = spearman(proxy_scores[variant], proxy_scores[algorithm])
+        if {variant, algorithm} <= set(proxy_scores):
+            record["agreement"][variant] = spearman(proxy_scores[variant], proxy_scores[algorithm])
     if args.speed:
         record["speed"] = speed_section(tmp / f"s{seed}-speed", model0, pool, classes, args.speed_repeats)
     for method in args.methods:
@@ -177,8 +200,8 @@ def run_seed(seed: int, args, tmp: Path, source) -> dict:
             selected.append(selection_stats([pool[i] for i in picked], len(classes) - 1,
                                             labelled=[pool[i] for i in labelled]))
             labelled |= set(picked)
-            model, m = train(tmp / f"s{seed}-{method}-r{r}", [pool[i] for i in sorted(labelled)], test,
-                             args.epochs, start_from=model, options=args.finetune_options, classes=classes)
+            model, m = fine_tuned(args, tmp / f"s{seed}-{method}-r{r}", [pool[i] for i in sorted(labelled)], test,
+                                  val, args.epochs, classes, start_from=model, options=args.finetune_options)
             maps.append(m)
         record["methods"][method] = {"maps": maps, "selected": selected}
         record["breakdown"][method] = breakdown(model, test, classes)
@@ -190,7 +213,7 @@ def run_seed(seed: int, args, tmp: Path, source) -> dict:
 def calibrate(seed: int, args, tmp: Path) -> None:
     """Is a round limited by its labels or by its training? From scratch, with equal image passes: the initial set
     for 3 x epochs0 epochs, and the whole pool (3 x the initial set) for epochs0 epochs."""
-    pool, test, initial = seed_data(seed, args)
+    pool, test, initial, _ = seed_data(seed, args)
     for name, items, epochs in (("initial set", [pool[i] for i in sorted(initial)], 3 * args.epochs0),
                                 ("whole pool", pool, args.epochs0)):
         started = time.time()
@@ -209,6 +232,8 @@ def protocol(args) -> dict:
         keys += ["target", "round0_options"]
     if args.duplicates:
         keys += ["duplicates"]
+    if args.val:
+        keys += ["val"]
     return {k: getattr(args, k) for k in keys}
 
 
@@ -218,6 +243,10 @@ def main():
     parser.add_argument("--first-seed", type=int, default=0, help="run seeds first-seed .. first-seed + seeds - 1")
     parser.add_argument("--pool", type=int, default=360)
     parser.add_argument("--test", type=int, default=120)
+    parser.add_argument("--val", type=int, default=0,
+                        help="a validation split of this many images, drawn as the test split is but apart from it, "
+                             "chooses each training's stage; the test split is then scored once per model instead "
+                             "of every epoch (0: the test split validates, as the recorded protocols did)")
     parser.add_argument("--initial", type=int, default=120)
     parser.add_argument("--budget", type=int, default=60)
     parser.add_argument("--rounds", type=int, default=2)
@@ -251,6 +280,9 @@ def main():
     parser.add_argument("--methods", type=lambda text: tuple(m.strip() for m in text.split(",")), default=METHODS,
                         metavar="M,M,...", help=f"methods run through the rounds, of {', '.join(NAMES)} (default: "
                                                 f"{','.join(METHODS)}); --summarise merges runs of one seed")
+    parser.add_argument("--proxy", choices=("all", "run"), default="all",
+                        help="the proxy section scores the pool with every algorithm and variant (all), or only "
+                             "with the --methods run")
     parser.add_argument("--record", type=Path, help="append each seed's results to this JSON-lines file")
     parser.add_argument("--summarise", type=Path, nargs="+", metavar="FILE",
                         help="run nothing: summarise the seeds recorded in these files")
