@@ -134,4 +134,4 @@ def test_ciou_of_a_box_whose_size_underflowed_has_a_finite_gradient():
     value = ciou(pred, target)
     value.sum().backward()
     assert torch.isfinite(value).all() and torch.isfinite(logits.grad).all()
-    assert float(value[2]) == pytest.approx(reference_ciou(pred[2].detach(), target[2]), abs=1e-5)
+    assert float(value[2].detach()) == pytest.approx(reference_ciou(pred[2].detach(), target[2]), abs=1e-5)
