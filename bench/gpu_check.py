@@ -221,8 +221,9 @@ class GpuCheck:
 
 
 def step_runner(check: GpuCheck, path: str):
-    """The step at dotted `path` ("training_task", or "speed_steps().memory" style as "speed.memory": a SpeedSteps
-    step), looked up when it runs, inside the report's record of that step (a failure there is the step's)."""
+    """The step named by `path`: a GpuCheck method ("training_task"), or after "speed." a SpeedSteps method
+    ("speed.memory"). It is looked up when it runs, inside the report's record of that step, so that a failure
+    there is the step's."""
     def run(rec):
         owner, _, name = path.rpartition(".")
         target = check.speed_steps() if owner == "speed" else check

@@ -118,11 +118,12 @@ def test_like(rng, args, n: int) -> list:
 
 
 def fine_tuned(args, work: Path, labelled, test, val, epochs: int, classes, **options):
-    """A trained model and its test mAP@0.5: with --val, the stage is chosen on the val split (validated every
-    epoch) and the test split is scored once, after; without, the test split itself validates every epoch and
-    chooses the stage (the earlier protocols)."""
+    """A trained model, its test mAP@0.5 and its test breakdown: with --val, the stage is chosen on the val split
+    (validated every epoch) and the test split is scored once, after (the breakdown); without, the test split itself
+    validates every epoch and chooses the stage (the earlier protocols; the breakdown is None, made when needed)."""
     model, m = train(work, labelled, val or test, epochs, classes=classes, **options)
-    return model, (breakdown(model, test, classes)["all"] if val else m)
+    scored = breakdown(model, test, classes) if val else None
+    return model, (scored["all"] if scored else m), scored
 
 
 def source_model(args, tmp: Path):
@@ -159,25 +160,27 @@ def detector_classes(args) -> tuple:
 
 
 def round0(seed: int, args, tmp: Path, source):
-    """A seed's data and its round-0 model (shared by all methods of the seed): pool, test, initial, model, mAP."""
+    """A seed's data and its round-0 model (shared by all methods of the seed): pool, test, initial, val, model,
+    mAP and, with --val, the model's test breakdown (else None)."""
     started = time.time()
     pool, test, initial, val = seed_data(seed, args)
     classes = detector_classes(args)
-    model0, map0 = fine_tuned(args, tmp / f"s{seed}-r0", [pool[i] for i in sorted(initial)], test, val,
-                              args.epochs0, classes, start_from=source,
-                              options=args.round0_options or (args.finetune_options if source else TRAIN_OPTIONS))
+    model0, map0, scored0 = fine_tuned(args, tmp / f"s{seed}-r0", [pool[i] for i in sorted(initial)], test, val,
+                                       args.epochs0, classes, start_from=source,
+                                       options=args.round0_options or (args.finetune_options if source
+                                                                       else TRAIN_OPTIONS))
     print(f"seed {seed}: round 0 mAP@0.5 {map0:.4f} ({len(initial)} images, {time.time() - started:.0f} s)",
           flush=True)
-    return pool, test, val, initial, model0, map0
+    return pool, test, initial, val, model0, map0, scored0
 
 
 def run_seed(seed: int, args, tmp: Path, source) -> dict:
     """One seed: round 0, the proxy (and the speed section if asked), then the rounds of every method."""
     started = time.time()
-    pool, test, val, initial, model0, map0 = round0(seed, args, tmp, source)
+    pool, test, initial, val, model0, map0, breakdown0 = round0(seed, args, tmp, source)
     classes = detector_classes(args)
     record = {"seed": seed, "protocol": protocol(args), "map0": map0, "methods": {}, "spearman": {},
-              "agreement": {}, "speed": {}, "breakdown": {"round 0": breakdown(model0, test, classes)},
+              "agreement": {}, "speed": {}, "breakdown": {"round 0": breakdown0 or breakdown(model0, test, classes)},
               "unlabelled": selection_stats([pool[i] for i in range(args.pool) if i not in initial], len(classes) - 1)}
     proxy_scores = {}
     for method in (NAMES if args.proxy == "all" else args.methods):
@@ -191,7 +194,7 @@ def run_seed(seed: int, args, tmp: Path, source) -> dict:
     if args.speed:
         record["speed"] = speed_section(tmp / f"s{seed}-speed", model0, pool, classes, args.speed_repeats)
     for method in args.methods:
-        labelled, model, maps, selected = set(initial), model0, [map0], []
+        labelled, model, maps, selected, scored = set(initial), model0, [map0], [], breakdown0
         for r in range(1, args.rounds + 1):
             unlabelled = [i for i in range(args.pool) if i not in labelled]
             _, scores, _, _, _ = mine(tmp / f"s{seed}-{method}-m{r}", model, [pool[i] for i in unlabelled], method,
@@ -200,11 +203,12 @@ def run_seed(seed: int, args, tmp: Path, source) -> dict:
             selected.append(selection_stats([pool[i] for i in picked], len(classes) - 1,
                                             labelled=[pool[i] for i in labelled]))
             labelled |= set(picked)
-            model, m = fine_tuned(args, tmp / f"s{seed}-{method}-r{r}", [pool[i] for i in sorted(labelled)], test,
-                                  val, args.epochs, classes, start_from=model, options=args.finetune_options)
+            model, m, scored = fine_tuned(args, tmp / f"s{seed}-{method}-r{r}", [pool[i] for i in sorted(labelled)],
+                                          test, val, args.epochs, classes, start_from=model,
+                                          options=args.finetune_options)
             maps.append(m)
         record["methods"][method] = {"maps": maps, "selected": selected}
-        record["breakdown"][method] = breakdown(model, test, classes)
+        record["breakdown"][method] = scored or breakdown(model, test, classes)
         print(f"seed {seed} {method}: mAP@0.5 by round {' -> '.join(f'{m:.4f}' for m in maps)}", flush=True)
     record["seconds"] = round(time.time() - started)
     return record
